@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything udpguard needs to build and test, idempotently.
+# Safe to run again: every step checks first and does nothing when already done.
+set -euo pipefail
+
+BPF_LINKER_VERSION=0.13.0
+LLVM_MAJOR=22
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "run me as root: I install Debian packages (apt-get) and udpguard needs root to load BPF"
+  exit 1
+fi
+
+# Debian packages: LLVM for bpf-linker, and the tools the tests drive.
+pkgs=(llvm-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev bpftool socat iproute2 procps util-linux)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Rust: stable builds user space, nightly + rust-src builds the eBPF object.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! rustup toolchain list | grep -q '^nightly'; then
+  say "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  say "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker, built against Debian's LLVM.
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  say "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM_MAJOR (about 2 minutes)"
+  LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR} cargo install bpf-linker --version "$BPF_LINKER_VERSION" \
+    --no-default-features --features llvm-${LLVM_MAJOR} --locked --force
+fi
+
+# bpffs: udpguard mounts it itself when missing, but tests and bpftool like it present.
+if ! awk '$3=="bpf"{f=1} END{exit !f}' /proc/self/mounts; then
+  say "mounting bpffs at /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+say "ready"

@@ -1,0 +1,171 @@
+//! The types udpguard's kernel programs and user space share: one definition each.
+//!
+//! Everything here is `#[repr(C)]` plain data: it crosses the kernel boundary through BPF maps.
+//! Changing a layout changes the eBPF object, so `udpguard status` then reports the pinned
+//! programs as not matching the binary and `udpguard attach` replaces them.
+#![no_std]
+
+/// Names of the maps in the eBPF object; user space pins them under these names.
+pub mod map_names {
+    /// [`crate::Config`], one entry: mode and errno, changed in place by `attach`.
+    pub const CONFIG: &str = "CONFIG";
+    /// [`crate::Counters`], one per-CPU entry, summed in user space.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// [`crate::AttachMeta`], one entry, written once by user space at attach time.
+    pub const META: &str = "META";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// cgroup/connect4, refusing with EPERM only (loads on kernels without `bpf_set_retval`).
+    pub const CONNECT4_PLAIN: &str = "connect4_plain";
+    /// cgroup/connect6, refusing with EPERM only.
+    pub const CONNECT6_PLAIN: &str = "connect6_plain";
+    /// cgroup/connect4, refusing with the configured errno through `bpf_set_retval`.
+    pub const CONNECT4: &str = "connect4";
+    /// cgroup/connect6, refusing with the configured errno through `bpf_set_retval`.
+    pub const CONNECT6: &str = "connect6";
+}
+
+/// What the guard does with a conflicting `connect()`.
+pub mod mode {
+    /// Refuse the connect.
+    pub const ENFORCE: u32 = 0;
+    /// Let the connect through, but count it.
+    pub const AUDIT: u32 = 1;
+}
+
+/// Errno values the guard can refuse with (positive, as in `errno.h`).
+pub mod errno {
+    /// What a cgroup sock_addr program's refusal gives without `bpf_set_retval`.
+    pub const EPERM: u32 = 1;
+    pub const EADDRINUSE: u32 = 98;
+    pub const EADDRNOTAVAIL: u32 = 99;
+}
+
+/// The guard's settings, in the one-entry `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// One of [`mode`].
+    pub mode: u32,
+    /// One of [`errno`]; anything but EPERM needs the `bpf_set_retval` programs.
+    pub errno: u32,
+}
+
+/// One counter slot per outcome of the decision. The index is the slot in [`Counters::values`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// The 4-tuple was looked up.
+    Checked = 0,
+    /// A conflict was refused (enforce mode).
+    Rejected = 1,
+    /// A conflict was let through and counted (audit mode).
+    Audited = 2,
+    /// Not checked: bound to the wildcard address, source not chosen yet.
+    Wildcard = 3,
+    /// Not checked: no local port yet, the kernel picks one after the hook.
+    Autobind = 4,
+    /// Not checked: an IPv6-bound socket connecting to an IPv4 peer (the kernel refuses it).
+    FamilyMismatch = 5,
+}
+
+impl Counter {
+    /// Every counter, in slot order.
+    pub const ALL: [Counter; 6] = [
+        Counter::Checked,
+        Counter::Rejected,
+        Counter::Audited,
+        Counter::Wildcard,
+        Counter::Autobind,
+        Counter::FamilyMismatch,
+    ];
+
+    /// The counter's name in `status` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Checked => "checked",
+            Counter::Rejected => "rejected",
+            Counter::Audited => "audited",
+            Counter::Wildcard => "wildcard",
+            Counter::Autobind => "autobind",
+            Counter::FamilyMismatch => "family_mismatch",
+        }
+    }
+
+    /// True for the reasons a connect was not checked.
+    pub const fn is_not_checked_reason(self) -> bool {
+        matches!(
+            self,
+            Counter::Wildcard | Counter::Autobind | Counter::FamilyMismatch
+        )
+    }
+}
+
+/// Slots in [`Counters`]; more than [`Counter::ALL`] so new reasons keep the map's layout.
+pub const COUNTER_SLOTS: usize = 16;
+
+/// The per-CPU counters, in the one-entry `COUNTERS` per-CPU array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub values: [u64; COUNTER_SLOTS],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            values: [0; COUNTER_SLOTS],
+        }
+    }
+}
+
+impl Counters {
+    /// The value of one counter.
+    pub const fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize]
+    }
+}
+
+/// Facts about an attachment that user space keeps with its pins, in the one-entry `META` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachMeta {
+    /// Layout version of this struct; 0 means "never written".
+    pub version: u32,
+    /// 1 when the programs refuse through `bpf_set_retval` (any errno), 0 for EPERM only.
+    pub set_retval: u32,
+    /// The cgroup's id (its inode in cgroup2), which names the pin directory.
+    pub cgroup_id: u64,
+    /// SHA-256 of the eBPF object the programs were loaded from.
+    pub object_sha256: [u8; 32],
+    /// When the attachment was made, seconds since the epoch.
+    pub attached_at: u64,
+}
+
+impl AttachMeta {
+    pub const VERSION: u32 = 1;
+}
+
+impl Default for AttachMeta {
+    fn default() -> Self {
+        AttachMeta {
+            version: 0,
+            set_retval: 0,
+            cgroup_id: 0,
+            object_sha256: [0; 32],
+            attached_at: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, `#[repr(C)]`, every bit pattern valid.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AttachMeta {}
+}

@@ -1,0 +1,327 @@
+//! udpguard's kernel programs: refuse a UDP `connect()` that would give a second socket an
+//! ESTABLISHED 4-tuple another socket already holds (only the newest would receive; the older
+//! one silently starves).
+//!
+//! Four entry points share one decision, [`decide`]:
+//! - `connect4` / `connect6` refuse with the configured errno through `bpf_set_retval`;
+//! - `connect4_plain` / `connect6_plain` refuse with EPERM only, for kernels without it.
+#![no_std]
+#![no_main]
+
+use core::{mem::size_of, ptr};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_TCP_ESTABLISHED, bpf_sock, bpf_sock_addr, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6,
+    },
+    helpers::generated::{bpf_set_retval, bpf_sk_lookup_udp, bpf_sk_release},
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, PerCpuArray},
+    programs::SockAddrContext,
+};
+use udpguard_common::{AttachMeta, Config, Counter, Counters, errno, mode};
+
+/// Return values of a cgroup sock_addr program.
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+const AF_INET: u32 = 2;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_UDP: u32 = 17;
+/// `::ffff:0:0/96`: the third word of a v4-mapped IPv6 address, as it lies in memory.
+const V4_MAPPED_WORD: u32 = 0x0000_ffff_u32.to_be();
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+/// Written and read by user space only; kept here so it is pinned beside the other maps.
+#[map]
+static META: Array<AttachMeta> = Array::with_max_entries(1, 0);
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    on_connect::<true>(&ctx, Hook::Connect4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    on_connect::<true>(&ctx, Hook::Connect6)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4_plain(ctx: SockAddrContext) -> i32 {
+    on_connect::<false>(&ctx, Hook::Connect4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6_plain(ctx: SockAddrContext) -> i32 {
+    on_connect::<false>(&ctx, Hook::Connect6)
+}
+
+#[derive(Clone, Copy)]
+enum Hook {
+    /// An IPv4 sockaddr: from an AF_INET socket, or an AF_INET6 one given an AF_INET sockaddr.
+    Connect4,
+    /// An IPv6 sockaddr, v4-mapped peers included.
+    Connect6,
+}
+
+/// What [`decide`] found.
+enum Verdict {
+    /// Not a UDP socket: none of our business, not counted.
+    NotUdp,
+    /// A UDP connect that could not be checked, and why.
+    NotChecked(Counter),
+    /// Checked: no other socket holds the 4-tuple.
+    Unique,
+    /// Checked: another ESTABLISHED socket holds the 4-tuple.
+    Conflict,
+}
+
+/// A connected UDP 4-tuple, addresses and ports in network order.
+enum Tuple {
+    V4 { local: u32, peer: u32, local_port: u16, peer_port: u16 },
+    V6 { local: [u32; 4], peer: [u32; 4], local_port: u16, peer_port: u16 },
+}
+
+#[inline(always)]
+fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock_addr whose `sk` is a full socket.
+    let verdict = unsafe { decide(ctx.sock_addr, hook) };
+    match verdict {
+        Verdict::NotUdp => ALLOW,
+        Verdict::NotChecked(reason) => {
+            count(reason);
+            ALLOW
+        }
+        Verdict::Unique => {
+            count(Counter::Checked);
+            ALLOW
+        }
+        Verdict::Conflict => {
+            count(Counter::Checked);
+            act_on_conflict::<SET_RETVAL>()
+        }
+    }
+}
+
+/// The guard's decision for one `connect()`. Each rule says why in one line.
+#[inline(always)]
+unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
+    // SAFETY (whole function): ctx and ctx->sk are valid for reads, as the verifier checks.
+    unsafe {
+        // Only UDP datagram sockets can share a connected 4-tuple; TCP, UDP-Lite, ICMP pass.
+        if load(&(*ctx).type_) != SOCK_DGRAM || load(&(*ctx).protocol) != IPPROTO_UDP {
+            return Verdict::NotUdp;
+        }
+        let sk = (*ctx).__bindgen_anon_1.sk;
+        let tuple = match tuple_after_connect(ctx, sk, hook) {
+            Ok(tuple) => tuple,
+            Err(reason) => return Verdict::NotChecked(reason),
+        };
+        // The kernel's own lookup, as for a datagram from the peer: it returns the ESTABLISHED
+        // holder of the 4-tuple when there is one, else an unconnected socket on the port.
+        let holder = lookup(ctx, &tuple);
+        if holder.is_null() {
+            return Verdict::Unique;
+        }
+        let holder_connected = load(&(*holder).state) == BPF_TCP_ESTABLISHED;
+        let holder_is_caller = holder == sk;
+        bpf_sk_release(holder.cast());
+        // An unconnected socket receives only what no connected socket takes: no conflict.
+        // The caller itself is found when it re-connects to the peer it already has.
+        if !holder_connected || holder_is_caller || already_connected_to(sk, &tuple) {
+            return Verdict::Unique;
+        }
+        Verdict::Conflict
+    }
+}
+
+/// The 4-tuple the socket will hold after this connect, or why it cannot be known yet.
+#[inline(always)]
+unsafe fn tuple_after_connect(
+    ctx: *mut bpf_sock_addr,
+    sk: *mut bpf_sock,
+    hook: Hook,
+) -> Result<Tuple, Counter> {
+    // SAFETY: as in `decide`.
+    unsafe {
+        // No local port yet: the kernel auto-binds one after this hook.
+        let local_port = (load(&(*sk).src_port) as u16).to_be();
+        if local_port == 0 {
+            return Err(Counter::Autobind);
+        }
+        // `user_port` holds the port in network order in its low 16 bits.
+        let peer_port = load(&(*ctx).user_port) as u16;
+        match hook {
+            Hook::Connect4 => Ok(Tuple::V4 {
+                local: local_ip4(sk, load(&(*ctx).family))?,
+                peer: load(&(*ctx).user_ip4),
+                local_port,
+                peer_port,
+            }),
+            Hook::Connect6 => {
+                let peer = load_ip6(&(*ctx).user_ip6);
+                if is_v4_mapped(&peer) {
+                    // A v4-mapped peer: the datagrams are IPv4, so the holder may be an AF_INET
+                    // socket as well as a mapped AF_INET6 one; an IPv4 lookup finds both.
+                    return Ok(Tuple::V4 {
+                        local: local_ip4(sk, load(&(*ctx).family))?,
+                        peer: peer[3],
+                        local_port,
+                        peer_port,
+                    });
+                }
+                let local = load_ip6(&(*sk).src_ip6);
+                // Bound to `::`: the source is chosen after this hook, from the routes.
+                if local == [0; 4] {
+                    return Err(Counter::Wildcard);
+                }
+                // Bound to a v4-mapped address, connecting to an IPv6 peer: the kernel refuses.
+                if is_v4_mapped(&local) {
+                    return Err(Counter::FamilyMismatch);
+                }
+                Ok(Tuple::V6 { local, peer, local_port, peer_port })
+            }
+        }
+    }
+}
+
+/// The socket's local IPv4 address, for a connect to an IPv4 peer.
+#[inline(always)]
+unsafe fn local_ip4(sk: *mut bpf_sock, family: u32) -> Result<u32, Counter> {
+    // SAFETY: as in `decide`.
+    unsafe {
+        let local = if family == AF_INET {
+            load(&(*sk).src_ip4)
+        } else {
+            // An AF_INET6 socket: `src_ip4` holds a placeholder unless the bound address is
+            // v4-mapped, so read the IPv6 address it was bound to.
+            let local6 = load_ip6(&(*sk).src_ip6);
+            if local6 != [0; 4] && !is_v4_mapped(&local6) {
+                // Bound to a native IPv6 address: the kernel refuses an IPv4 peer.
+                return Err(Counter::FamilyMismatch);
+            }
+            local6[3]
+        };
+        // Bound to 0.0.0.0 (or `::`): the source is chosen after this hook, from the routes.
+        if local == 0 {
+            return Err(Counter::Wildcard);
+        }
+        Ok(local)
+    }
+}
+
+/// `bpf_sk_lookup_udp` with the tuple reversed (a datagram from the peer), current netns.
+#[inline(always)]
+unsafe fn lookup(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> *mut bpf_sock {
+    // SAFETY: `raw` lives across the call and the size names the variant that was written.
+    unsafe {
+        let mut raw: bpf_sock_tuple = core::mem::zeroed();
+        let size = match *tuple {
+            Tuple::V4 { local, peer, local_port, peer_port } => {
+                raw.__bindgen_anon_1.ipv4 = TupleV4 {
+                    saddr: peer,
+                    daddr: local,
+                    sport: peer_port,
+                    dport: local_port,
+                };
+                size_of::<TupleV4>()
+            }
+            Tuple::V6 { local, peer, local_port, peer_port } => {
+                raw.__bindgen_anon_1.ipv6 = TupleV6 {
+                    saddr: peer,
+                    daddr: local,
+                    sport: peer_port,
+                    dport: local_port,
+                };
+                size_of::<TupleV6>()
+            }
+        };
+        bpf_sk_lookup_udp(
+            ctx.cast(),
+            &mut raw,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    }
+}
+
+/// True when the caller is already connected to this tuple's peer (from the same local
+/// address: it is its own): re-connecting changes nothing, even where an older duplicate exists.
+#[inline(always)]
+unsafe fn already_connected_to(sk: *mut bpf_sock, tuple: &Tuple) -> bool {
+    // SAFETY: as in `decide`.
+    unsafe {
+        if load(&(*sk).state) != BPF_TCP_ESTABLISHED {
+            return false;
+        }
+        match *tuple {
+            Tuple::V4 { peer, peer_port, .. } => {
+                load(&(*sk).dst_port) == peer_port && load(&(*sk).dst_ip4) == peer
+            }
+            Tuple::V6 { peer, peer_port, .. } => {
+                load(&(*sk).dst_port) == peer_port && load_ip6(&(*sk).dst_ip6) == peer
+            }
+        }
+    }
+}
+
+/// Refuse (enforce) or count and let through (audit).
+#[inline(always)]
+fn act_on_conflict<const SET_RETVAL: bool>() -> i32 {
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    if config.mode == mode::AUDIT {
+        count(Counter::Audited);
+        return ALLOW;
+    }
+    count(Counter::Rejected);
+    if SET_RETVAL && config.errno != errno::EPERM {
+        // SAFETY: a plain helper call; the programs that make it load only where it exists.
+        unsafe { bpf_set_retval(-(config.errno as i32)) };
+    }
+    REFUSE
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot: no other program touches it while this one runs.
+        if let Some(value) = unsafe { (*counters).values.get_mut(counter as usize) } {
+            *value += 1;
+        }
+    }
+}
+
+/// Reads a context field with one load of its own size (the verifier checks access sizes,
+/// and merged or split loads of context fields are refused).
+#[inline(always)]
+unsafe fn load<T: Copy>(field: &T) -> T {
+    // SAFETY: `field` is a valid reference.
+    unsafe { ptr::read_volatile(field) }
+}
+
+#[inline(always)]
+unsafe fn load_ip6(words: &[u32; 4]) -> [u32; 4] {
+    // SAFETY: `words` is a valid reference.
+    unsafe { [load(&words[0]), load(&words[1]), load(&words[2]), load(&words[3])] }
+}
+
+#[inline(always)]
+fn is_v4_mapped(ip6: &[u32; 4]) -> bool {
+    ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
