@@ -83,8 +83,18 @@ enum Verdict {
 
 /// A connected UDP 4-tuple, addresses and ports in network order.
 enum Tuple {
-    V4 { local: u32, peer: u32, local_port: u16, peer_port: u16 },
-    V6 { local: [u32; 4], peer: [u32; 4], local_port: u16, peer_port: u16 },
+    V4 {
+        local: u32,
+        peer: u32,
+        local_port: u16,
+        peer_port: u16,
+    },
+    V6 {
+        local: [u32; 4],
+        peer: [u32; 4],
+        local_port: u16,
+        peer_port: u16,
+    },
 }
 
 #[inline(always)]
@@ -184,7 +194,12 @@ unsafe fn tuple_after_connect(
                 if is_v4_mapped(&local) {
                     return Err(Counter::FamilyMismatch);
                 }
-                Ok(Tuple::V6 { local, peer, local_port, peer_port })
+                Ok(Tuple::V6 {
+                    local,
+                    peer,
+                    local_port,
+                    peer_port,
+                })
             }
         }
     }
@@ -222,7 +237,12 @@ unsafe fn lookup(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> *mut bpf_sock {
     unsafe {
         let mut raw: bpf_sock_tuple = core::mem::zeroed();
         let size = match *tuple {
-            Tuple::V4 { local, peer, local_port, peer_port } => {
+            Tuple::V4 {
+                local,
+                peer,
+                local_port,
+                peer_port,
+            } => {
                 raw.__bindgen_anon_1.ipv4 = TupleV4 {
                     saddr: peer,
                     daddr: local,
@@ -231,7 +251,12 @@ unsafe fn lookup(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> *mut bpf_sock {
                 };
                 size_of::<TupleV4>()
             }
-            Tuple::V6 { local, peer, local_port, peer_port } => {
+            Tuple::V6 {
+                local,
+                peer,
+                local_port,
+                peer_port,
+            } => {
                 raw.__bindgen_anon_1.ipv6 = TupleV6 {
                     saddr: peer,
                     daddr: local,
@@ -261,12 +286,12 @@ unsafe fn already_connected_to(sk: *mut bpf_sock, tuple: &Tuple) -> bool {
             return false;
         }
         match *tuple {
-            Tuple::V4 { peer, peer_port, .. } => {
-                load(&(*sk).dst_port) == peer_port && load(&(*sk).dst_ip4) == peer
-            }
-            Tuple::V6 { peer, peer_port, .. } => {
-                load(&(*sk).dst_port) == peer_port && load_ip6(&(*sk).dst_ip6) == peer
-            }
+            Tuple::V4 {
+                peer, peer_port, ..
+            } => load(&(*sk).dst_port) == peer_port && load(&(*sk).dst_ip4) == peer,
+            Tuple::V6 {
+                peer, peer_port, ..
+            } => load(&(*sk).dst_port) == peer_port && load_ip6(&(*sk).dst_ip6) == peer,
         }
     }
 }
@@ -308,7 +333,14 @@ unsafe fn load<T: Copy>(field: &T) -> T {
 #[inline(always)]
 unsafe fn load_ip6(words: &[u32; 4]) -> [u32; 4] {
     // SAFETY: `words` is a valid reference.
-    unsafe { [load(&words[0]), load(&words[1]), load(&words[2]), load(&words[3])] }
+    unsafe {
+        [
+            load(&words[0]),
+            load(&words[1]),
+            load(&words[2]),
+            load(&words[3]),
+        ]
+    }
 }
 
 #[inline(always)]

@@ -1,2 +1,19 @@
 //! udpguard: refuses UDP `connect()`s that would give two sockets the same 4-tuple.
+//!
+//! Modules by capability:
+//! - [`loader`]: the embedded eBPF object, loaded and attached with aya;
+//! - [`attachment`]: one attachment's pins in the bpffs; [`bpffs`]: the pin root and its lock;
+//! - [`guard`]: the `attach` / `detach` verbs; [`status`]: the `status` report;
+//! - [`cgroup`], [`settings`], [`privilege`]: inputs and their checks;
+//! - [`scan`]: finding duplicates that already exist (no BPF).
+pub mod attachment;
+pub mod bpffs;
+pub mod cgroup;
+pub mod error;
+pub mod guard;
+pub mod loader;
+pub mod privilege;
 pub mod scan;
+pub mod settings;
+pub mod status;
+mod sys;

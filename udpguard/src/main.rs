@@ -1,5 +1,13 @@
-use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
 
+use clap::{Parser, Subcommand};
+use udpguard::{
+    guard::{self, AttachOutcome},
+    settings::{Errno, Mode},
+    status,
+};
+
+/// Refuses UDP connect()s that would give two sockets the same 4-tuple.
 #[derive(Parser)]
 #[command(name = "udpguard", version, about)]
 struct Cli {
@@ -9,14 +17,86 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Attach the guard to a cgroup (again: apply mode/errno in place). It stays after exit.
+    Attach {
+        /// cgroup v2 directory to guard [default: the cgroup v2 root]
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// enforce refuses conflicts, audit only counts them [default: enforce, or as attached]
+        #[arg(long)]
+        mode: Option<Mode>,
+        /// errno a refused connect() fails with [default: eperm, or as attached]
+        #[arg(long)]
+        errno: Option<Errno>,
+    },
+    /// Detach the guard and remove its pins.
+    Detach {
+        /// cgroup v2 directory to stop guarding [default: the cgroup v2 root]
+        #[arg(long, conflicts_with = "all")]
+        cgroup: Option<PathBuf>,
+        /// detach every attachment
+        #[arg(long)]
+        all: bool,
+    },
+    /// List attachments: cgroup, mode, errno, programs, counters.
+    Status {
+        /// print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// Find duplicate connected UDP 4-tuples that already exist (no BPF needed).
     Scan(udpguard::scan::ScanArgs),
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Scan(args) => udpguard::scan::run(&args),
+    let result = match cli.command {
+        Command::Attach {
+            cgroup,
+            mode,
+            errno,
+        } => guard::attach(cgroup.as_deref(), mode, errno).map(|(cgroup, outcome, settings)| {
+            let what = match outcome {
+                AttachOutcome::Attached => "attached to",
+                AttachOutcome::Updated => "updated on",
+                AttachOutcome::Replaced => "replaced (older build) on",
+            };
+            println!(
+                "udpguard {what} {} (mode {}, errno {})",
+                cgroup.path.display(),
+                settings.mode.name(),
+                settings.errno.name()
+            );
+        }),
+        Command::Detach { cgroup, all: false } => guard::detach(cgroup.as_deref())
+            .map(|cgroup| println!("udpguard detached from {}", cgroup.path.display())),
+        Command::Detach { all: true, .. } => guard::detach_all().map(|removed| {
+            if removed.is_empty() {
+                println!("nothing was attached");
+            }
+            for dir in removed {
+                println!("detached and removed {}", dir.display());
+            }
+        }),
+        Command::Status { json } => {
+            let status = status::collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&status).expect("status serializes")
+                );
+            } else {
+                print!("{}", status.to_text());
+            }
+            Ok(())
+        }
+        Command::Scan(args) => return ExitCode::from(udpguard::scan::run(&args) as u8),
     };
-    std::process::exit(code);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("udpguard: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,236 @@
+//! One attachment's state in the bpffs: a directory per cgroup, `cgroup-<id>`, holding the
+//! pinned links (which keep the programs attached after the CLI exits) and maps.
+//!
+//! A directory is built complete under a temporary name and renamed into place, so a reader
+//! never sees half of one; writers hold [`crate::bpffs::PinLock`].
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, MapData, PerCpuArray},
+    programs::links::{FdLink, PinnedLink},
+};
+use udpguard_common::{AttachMeta, Config, Counters, map_names};
+
+use crate::{
+    cgroup::Cgroup,
+    error::{Result, io},
+    loader::{LoadedGuard, object_sha256},
+    settings::Settings,
+    sys,
+};
+
+/// Pin names inside an attachment directory.
+const LINK_PINS: [&str; 2] = ["connect4", "connect6"];
+const CONFIG_PIN: &str = "config";
+const COUNTERS_PIN: &str = "counters";
+const META_PIN: &str = "meta";
+/// Prefixes of directories being built or torn down; never read as attachments.
+/// (bpffs refuses names with a dot, so these are not hidden files.)
+const BUILDING: &str = "building-";
+const RETIRING: &str = "retiring-";
+
+/// The directory name of the attachment to a cgroup.
+pub fn dir_name(cgroup_id: u64) -> String {
+    format!("cgroup-{cgroup_id}")
+}
+
+/// The cgroup id an attachment directory name stands for.
+pub fn parse_dir_name(name: &str) -> Option<u64> {
+    name.strip_prefix("cgroup-")?.parse().ok()
+}
+
+/// Every attachment directory under the pin root, by cgroup id.
+pub fn list_dirs(root: &Path) -> Vec<(u64, PathBuf)> {
+    let mut dirs: Vec<_> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let id = parse_dir_name(entry.file_name().to_str()?)?;
+            Some((id, entry.path()))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Loads the programs, attaches them to `cgroup` and pins everything in a new attachment
+/// directory, replacing `old` (if any) only once the new one is attached: no gap in between.
+pub fn create(root: &Path, cgroup: &Cgroup, settings: Settings, old: Option<&Path>) -> Result<()> {
+    let mut guard = LoadedGuard::load(settings.errno.needs_set_retval())?;
+    let meta = AttachMeta {
+        version: AttachMeta::VERSION,
+        set_retval: guard.set_retval.into(),
+        cgroup_id: cgroup.id,
+        object_sha256: object_sha256(),
+        attached_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    write_one(&mut guard, map_names::CONFIG, settings.to_config())?;
+    write_one(&mut guard, map_names::META, meta)?;
+
+    let building = root.join(format!("{BUILDING}{}-{}", cgroup.id, std::process::id()));
+    fs::create_dir(&building).map_err(io(format!("creating {}", building.display())))?;
+    let built = pin_all(&mut guard, cgroup, &building);
+    if let Err(err) = built {
+        // The links are dropped unpinned, which detaches them.
+        let _ = remove_dir(&building);
+        return Err(err);
+    }
+    let target = root.join(dir_name(cgroup.id));
+    if let Some(old) = old {
+        let retiring = root.join(format!("{RETIRING}{}-{}", cgroup.id, std::process::id()));
+        fs::rename(old, &retiring).map_err(io(format!("moving {} away", old.display())))?;
+        fs::rename(&building, &target).map_err(io(format!("renaming to {}", target.display())))?;
+        remove(&retiring)?;
+    } else {
+        fs::rename(&building, &target).map_err(io(format!("renaming to {}", target.display())))?;
+    }
+    Ok(())
+}
+
+fn write_one<T: aya::Pod>(guard: &mut LoadedGuard, name: &str, value: T) -> Result<()> {
+    let map = guard
+        .ebpf
+        .map_mut(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))?;
+    let mut array: Array<_, T> = Array::try_from(map).with_context(|| format!("map {name}"))?;
+    array
+        .set(0, value, 0)
+        .with_context(|| format!("writing map {name}"))?;
+    Ok(())
+}
+
+fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
+    for (name, pin) in [
+        (map_names::CONFIG, CONFIG_PIN),
+        (map_names::COUNTERS, COUNTERS_PIN),
+        (map_names::META, META_PIN),
+    ] {
+        let map = guard
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))?;
+        map.pin(dir.join(pin))
+            .with_context(|| format!("pinning map {name} in {}", dir.display()))?;
+    }
+    let links = guard.attach(cgroup)?;
+    for (link, pin) in links.into_iter().zip(LINK_PINS) {
+        link.pin(dir.join(pin))
+            .with_context(|| format!("pinning link {pin} in {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Detaches an attachment's programs at once and removes its directory.
+pub fn remove(dir: &Path) -> Result<()> {
+    for pin in LINK_PINS {
+        let path = dir.join(pin);
+        if let Ok(link) = sys::obj_get(&path) {
+            sys::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
+        }
+    }
+    remove_dir(dir)
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))
+}
+
+/// Removes what an interrupted `attach` left behind (call with the lock held).
+pub fn remove_leftovers(root: &Path) -> Result<()> {
+    for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(BUILDING) || name.starts_with(RETIRING) {
+            remove(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// An attachment opened from its pins.
+pub struct Attachment {
+    pub dir: PathBuf,
+    pub meta: AttachMeta,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, Counters>,
+}
+
+impl Attachment {
+    /// Opens the pins in `dir`. Fails for pins of an incompatible udpguard version.
+    pub fn open(dir: &Path) -> Result<Attachment> {
+        let map = |pin: &str| {
+            MapData::from_pin(dir.join(pin))
+                .with_context(|| format!("opening {}/{pin}", dir.display()))
+        };
+        let meta: Array<MapData, AttachMeta> =
+            Array::try_from(aya::maps::Map::Array(map(META_PIN)?)).context("meta map")?;
+        let config =
+            Array::try_from(aya::maps::Map::Array(map(CONFIG_PIN)?)).context("config map")?;
+        let counters = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map(COUNTERS_PIN)?))
+            .context("counters map")?;
+        Ok(Attachment {
+            dir: dir.to_path_buf(),
+            meta: meta.get(&0, 0).context("reading meta")?,
+            config,
+            counters,
+        })
+    }
+
+    /// True when the pinned programs came from this binary's eBPF object.
+    pub fn matches_binary(&self) -> bool {
+        self.meta.version == AttachMeta::VERSION && self.meta.object_sha256 == object_sha256()
+    }
+
+    pub fn settings(&self) -> Result<Settings> {
+        let config = self.config.get(&0, 0).context("reading config")?;
+        Ok(Settings::from_config(config))
+    }
+
+    /// Changes mode and errno in place: the programs read them on every connect.
+    pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        self.config
+            .set(0, settings.to_config(), 0)
+            .context("writing config")?;
+        Ok(())
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let per_cpu = self.counters.get(&0, 0).context("reading counters")?;
+        let mut total = Counters::default();
+        for cpu in per_cpu.iter() {
+            for (sum, value) in total.values.iter_mut().zip(cpu.values) {
+                *sum += value;
+            }
+        }
+        Ok(total)
+    }
+
+    /// The ids of the attached connect4 and connect6 programs (None if a link is gone).
+    pub fn program_ids(&self) -> [Option<u32>; 2] {
+        LINK_PINS.map(|pin| {
+            let link: FdLink = PinnedLink::from_pin(self.dir.join(pin)).ok()?.into();
+            link.info().ok().map(|info| info.program_id())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_names_round_trip() {
+        assert_eq!(parse_dir_name(&dir_name(4242)), Some(4242));
+        assert_eq!(parse_dir_name("building-4242-7"), None);
+        assert_eq!(parse_dir_name("cgroup-x"), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! The guard's settings as the user names them: mode and errno.
+use serde::Serialize;
+use udpguard_common::{Config, errno, mode};
+
+/// What to do with a conflicting `connect()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse the connect.
+    Enforce,
+    /// Let it through, but count it.
+    Audit,
+}
+
+/// The errno a refused `connect()` fails with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Errno {
+    /// "Operation not permitted": what a cgroup program's refusal gives on every kernel.
+    Eperm,
+    /// "Address already in use" (needs bpf_set_retval, Linux >= 6.1).
+    Eaddrinuse,
+    /// "Cannot assign requested address" (needs bpf_set_retval, Linux >= 6.1).
+    Eaddrnotavail,
+}
+
+impl Mode {
+    pub const fn raw(self) -> u32 {
+        match self {
+            Mode::Enforce => mode::ENFORCE,
+            Mode::Audit => mode::AUDIT,
+        }
+    }
+
+    pub const fn from_raw(raw: u32) -> Option<Mode> {
+        match raw {
+            mode::ENFORCE => Some(Mode::Enforce),
+            mode::AUDIT => Some(Mode::Audit),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl Errno {
+    pub const fn raw(self) -> u32 {
+        match self {
+            Errno::Eperm => errno::EPERM,
+            Errno::Eaddrinuse => errno::EADDRINUSE,
+            Errno::Eaddrnotavail => errno::EADDRNOTAVAIL,
+        }
+    }
+
+    pub const fn from_raw(raw: u32) -> Option<Errno> {
+        match raw {
+            errno::EPERM => Some(Errno::Eperm),
+            errno::EADDRINUSE => Some(Errno::Eaddrinuse),
+            errno::EADDRNOTAVAIL => Some(Errno::Eaddrnotavail),
+            _ => None,
+        }
+    }
+
+    /// The symbolic name, as in `errno.h`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Errno::Eperm => "EPERM",
+            Errno::Eaddrinuse => "EADDRINUSE",
+            Errno::Eaddrnotavail => "EADDRNOTAVAIL",
+        }
+    }
+
+    /// True when refusing with this errno needs `bpf_set_retval`.
+    pub const fn needs_set_retval(self) -> bool {
+        !matches!(self, Errno::Eperm)
+    }
+}
+
+/// Mode and errno together, as the kernel programs read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub errno: Errno,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Enforce,
+            errno: Errno::Eperm,
+        }
+    }
+}
+
+impl Settings {
+    /// These settings with whatever the user gave on the command line.
+    pub fn with(self, mode: Option<Mode>, errno: Option<Errno>) -> Settings {
+        Settings {
+            mode: mode.unwrap_or(self.mode),
+            errno: errno.unwrap_or(self.errno),
+        }
+    }
+
+    pub fn to_config(self) -> Config {
+        Config {
+            mode: self.mode.raw(),
+            errno: self.errno.raw(),
+        }
+    }
+
+    /// The settings a config map holds; unknown values read as the defaults.
+    pub fn from_config(config: Config) -> Settings {
+        Settings {
+            mode: Mode::from_raw(config.mode).unwrap_or(Mode::Enforce),
+            errno: Errno::from_raw(config.errno).unwrap_or(Errno::Eperm),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips() {
+        for mode in [Mode::Enforce, Mode::Audit] {
+            for errno in [Errno::Eperm, Errno::Eaddrinuse, Errno::Eaddrnotavail] {
+                let settings = Settings { mode, errno };
+                assert_eq!(Settings::from_config(settings.to_config()), settings);
+            }
+        }
+    }
+
+    #[test]
+    fn command_line_overrides_only_what_it_names() {
+        let old = Settings {
+            mode: Mode::Audit,
+            errno: Errno::Eaddrinuse,
+        };
+        assert_eq!(old.with(None, None), old);
+        assert_eq!(old.with(Some(Mode::Enforce), None).errno, Errno::Eaddrinuse);
+        assert_eq!(old.with(None, Some(Errno::Eperm)).mode, Mode::Audit);
+    }
+
+    #[test]
+    fn only_eperm_works_without_set_retval() {
+        assert!(!Errno::Eperm.needs_set_retval());
+        assert!(Errno::Eaddrinuse.needs_set_retval());
+        assert!(Errno::Eaddrnotavail.needs_set_retval());
+    }
+}

@@ -1,0 +1,155 @@
+//! `udpguard status`: what is attached where, how it is set, and what it counted.
+//! It only reads: it never mounts, creates, or locks anything.
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+
+use serde::Serialize;
+use udpguard_common::Counter;
+
+use crate::{
+    attachment::{self, Attachment},
+    bpffs, cgroup,
+};
+
+/// The `--json` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub attachments: Vec<AttachmentStatus>,
+}
+
+/// One attachment as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct AttachmentStatus {
+    /// The cgroup's path, or None when the cgroup no longer exists.
+    pub cgroup: Option<PathBuf>,
+    pub cgroup_id: u64,
+    pub pin_dir: PathBuf,
+    /// "enforce" or "audit"; None when the pins cannot be read.
+    pub mode: Option<&'static str>,
+    /// "EPERM", "EADDRINUSE" or "EADDRNOTAVAIL".
+    pub errno: Option<&'static str>,
+    pub programs: Programs,
+    /// Whether the pinned programs were loaded from this binary's eBPF object.
+    pub matches_binary: bool,
+    /// Seconds since the epoch.
+    pub attached_at: Option<u64>,
+    /// Counter name -> value, summed over CPUs.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Why the pins could not be read, if they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Programs {
+    pub connect4: Option<u32>,
+    pub connect6: Option<u32>,
+}
+
+/// Reads every attachment under the pin root.
+pub fn collect() -> Status {
+    let cgroup_root = cgroup::root().ok();
+    let attachments = attachment::list_dirs(&bpffs::pin_root())
+        .into_iter()
+        .map(|(id, dir)| {
+            let path = cgroup_root
+                .as_deref()
+                .and_then(|root| cgroup::path_of_id(root, id));
+            describe(id, path, dir)
+        })
+        .collect();
+    Status { attachments }
+}
+
+fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> AttachmentStatus {
+    let mut status = AttachmentStatus {
+        cgroup,
+        cgroup_id,
+        pin_dir,
+        mode: None,
+        errno: None,
+        programs: Programs {
+            connect4: None,
+            connect6: None,
+        },
+        matches_binary: false,
+        attached_at: None,
+        counters: BTreeMap::new(),
+        error: None,
+    };
+    let read = Attachment::open(&status.pin_dir).and_then(|a| {
+        let settings = a.settings()?;
+        let counters = a.counters()?;
+        Ok((a, settings, counters))
+    });
+    match read {
+        Ok((attachment, settings, counters)) => {
+            let [connect4, connect6] = attachment.program_ids();
+            status.mode = Some(settings.mode.name());
+            status.errno = Some(settings.errno.name());
+            status.programs = Programs { connect4, connect6 };
+            status.matches_binary = attachment.matches_binary();
+            status.attached_at = Some(attachment.meta.attached_at);
+            status.counters = Counter::ALL
+                .iter()
+                .map(|&c| (c.name(), counters.get(c)))
+                .collect();
+        }
+        Err(err) => status.error = Some(format!("{err} (made by another udpguard version?)")),
+    }
+    status
+}
+
+impl Status {
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        if self.attachments.is_empty() {
+            return format!(
+                "nothing attached (attachments are pinned under {})\n",
+                bpffs::pin_root().display()
+            );
+        }
+        let mut out = String::new();
+        for a in &self.attachments {
+            let cgroup = a.cgroup.as_ref().map_or_else(
+                || "(cgroup removed)".to_string(),
+                |p| p.display().to_string(),
+            );
+            let _ = writeln!(out, "{cgroup}  [cgroup id {}]", a.cgroup_id);
+            if let Some(error) = &a.error {
+                let _ = writeln!(out, "  unreadable: {error}");
+                let _ = writeln!(out, "  pins: {}", a.pin_dir.display());
+                continue;
+            }
+            let id = |id: Option<u32>| id.map_or_else(|| "gone".to_string(), |id| format!("#{id}"));
+            let _ = writeln!(
+                out,
+                "  mode {}, errno {}, programs connect4 {} connect6 {}, {}",
+                a.mode.unwrap_or("?"),
+                a.errno.unwrap_or("?"),
+                id(a.programs.connect4),
+                id(a.programs.connect6),
+                if a.matches_binary {
+                    "matches this binary"
+                } else {
+                    "from another udpguard build (run attach to replace)"
+                }
+            );
+            let count = |c: Counter| a.counters.get(c.name()).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "  checked {}  rejected {}  audited {}",
+                count(Counter::Checked),
+                count(Counter::Rejected),
+                count(Counter::Audited)
+            );
+            let not_checked: Vec<String> = Counter::ALL
+                .iter()
+                .filter(|c| c.is_not_checked_reason())
+                .map(|&c| format!("{} {}", c.name(), count(c)))
+                .collect();
+            let _ = writeln!(out, "  not checked: {}", not_checked.join("  "));
+            let _ = writeln!(out, "  pins: {}", a.pin_dir.display());
+        }
+        out
+    }
+}
