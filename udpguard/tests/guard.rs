@@ -1,0 +1,449 @@
+//! The guard against the real kernel. Every rule is proved both ways: it refuses the conflict
+//! and lets the legitimate neighbour through. Needs root; each test has its own sandbox.
+mod common;
+
+use common::Sandbox;
+
+/// The seed's two sockets: both bound to 127.0.0.1:4444 and connected to 127.0.0.1:1111.
+const SEED: &str = r#"
+    a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
+    b = udp(bind=("127.0.0.1", 4444)); out(conn(b, P))
+    out(receiver([a, b], P))
+"#;
+
+#[test]
+fn without_the_guard_the_seed_duplicates_and_the_older_socket_starves() {
+    let sb = Sandbox::new("control");
+    // Both connects succeed and only the newer socket (index 1) receives: the hazard.
+    assert_eq!(sb.py(SEED), ["ok", "ok", "1"]);
+}
+
+#[test]
+fn the_seed_duplicate_is_refused_after_the_cli_exits() {
+    let sb = Sandbox::new("seed");
+    let said = sb.attach(&[]);
+    assert!(said.contains("attached to"), "{said}");
+    // The CLI has exited: the pinned links keep enforcing. The holder keeps its traffic.
+    assert_eq!(sb.py(SEED), ["ok", "EPERM", "0"]);
+    assert_eq!(sb.counter("rejected"), 1);
+    assert_eq!(sb.counter("checked"), 2);
+}
+
+#[test]
+fn another_peer_or_another_local_address_is_allowed() {
+    let sb = Sandbox::new("neighbours");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
+        b = udp(bind=("127.0.0.1", 4444)); out(conn(b, ("127.0.0.1", 1112)))
+        c = udp(bind=("127.0.0.1", 4444)); out(conn(c, ("127.0.0.2", 1111)))
+        d = udp(bind=("127.0.0.3", 4444)); out(conn(d, P))
+        e = udp(bind=("127.0.0.1", 4444)); out(conn(e, P))
+        "#);
+    assert_eq!(got, ["ok", "ok", "ok", "ok", "EPERM"]);
+}
+
+#[test]
+fn the_tuple_is_free_again_once_its_holder_moved_away_or_closed() {
+    let sb = Sandbox::new("moved");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
+        b = udp(bind=("127.0.0.1", 4444)); out(conn(b, P))
+        out(conn(a, ("127.0.0.1", 2222)))
+        out(conn(b, P))
+        c = udp(bind=("127.0.0.1", 4444)); out(conn(c, P))
+        b.close()
+        out(conn(c, P))
+        "#);
+    assert_eq!(got, ["ok", "EPERM", "ok", "ok", "EPERM", "ok"]);
+}
+
+#[test]
+fn a_socket_may_reconnect_to_the_peer_it_already_has() {
+    let sb = Sandbox::new("reconnect");
+    sb.attach(&[]);
+    let got = sb.py(
+        r#"
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P)); out(conn(a, P))
+        b = udp(bind=("::1", 4444), family=6); out(conn(b, ("::1", 1111))); out(conn(b, ("::1", 1111)))
+        c = udp(bind=("127.0.0.1", 4444)); out(conn(c, P))
+        "#,
+    );
+    assert_eq!(got, ["ok", "ok", "ok", "ok", "EPERM"]);
+}
+
+#[test]
+fn reconnecting_to_its_own_peer_is_allowed_even_beside_an_older_duplicate() {
+    let sb = Sandbox::new("olddup");
+    // A duplicate made before the guard: a and b share the tuple. Attach while they live.
+    let got = sb.py(&format!(
+        r#"
+        import subprocess
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
+        b = udp(bind=("127.0.0.1", 4444)); out(conn(b, P))
+        r = subprocess.run(["{}", "attach", "--cgroup", "{}"], capture_output=True)
+        out(r.returncode)
+        out(conn(a, P)); out(conn(b, P))
+        c = udp(bind=("127.0.0.1", 4444)); out(conn(c, P))
+        "#,
+        common::UDPGUARD,
+        sb.cgroup.display()
+    ));
+    assert_eq!(got, ["ok", "ok", "0", "ok", "ok", "EPERM"]);
+}
+
+#[test]
+fn ipv6_conflicts_are_refused_and_neighbours_allowed() {
+    let sb = Sandbox::new("ipv6");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        Q = ("::1", 1111)
+        a = udp(bind=("::1", 4444), family=6); out(conn(a, Q))
+        b = udp(bind=("::1", 4444), family=6); out(conn(b, Q))
+        c = udp(bind=("::1", 4444), family=6); out(conn(c, ("::1", 1112)))
+        d = udp(bind=("fd00::1", 4444), family=6); out(conn(d, Q))
+        e = udp(bind=("::1", 4444), family=6); out(conn(e, ("fd00::2", 1111)))
+        out(receiver([a, b], Q, family=6))
+        "#);
+    assert_eq!(got, ["ok", "EPERM", "ok", "ok", "ok", "0"]);
+}
+
+#[test]
+fn v4_mapped_and_af_inet_sockets_conflict_in_both_orders() {
+    let sb = Sandbox::new("mapped");
+    sb.attach(&[]);
+    let got = sb.py(
+        r#"
+        M = ("::ffff:127.0.0.1", 1111)
+        # AF_INET holder, then a mapped AF_INET6 newcomer (runs connect6).
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
+        b = udp(bind=("::ffff:127.0.0.1", 4444), family=6, v6only=False); out(conn(b, M))
+        # Mapped AF_INET6 holder, then an AF_INET newcomer (runs connect4).
+        c = udp(bind=("::ffff:127.0.0.1", 5555), family=6, v6only=False); out(conn(c, ("::ffff:127.0.0.1", 2222)))
+        d = udp(bind=("127.0.0.1", 5555)); out(conn(d, ("127.0.0.1", 2222)))
+        # An AF_INET6 socket given a plain AF_INET sockaddr (connect4 with family AF_INET6).
+        e = udp(bind=("::ffff:127.0.0.1", 4444), family=6, v6only=False); out(conn_sockaddr_in(e, "127.0.0.1", 1111))
+        # The mapped neighbours: another peer, another local address.
+        f = udp(bind=("::ffff:127.0.0.1", 4444), family=6, v6only=False); out(conn(f, ("::ffff:127.0.0.1", 1112)))
+        g = udp(bind=("::ffff:127.0.0.5", 4444), family=6, v6only=False); out(conn(g, M))
+        h = udp(bind=("::ffff:127.0.0.1", 4444), family=6, v6only=False); out(conn_sockaddr_in(h, "127.0.0.1", 1113))
+        "#,
+    );
+    assert_eq!(
+        got,
+        ["ok", "EPERM", "ok", "EPERM", "EPERM", "ok", "ok", "ok"]
+    );
+}
+
+#[test]
+fn reuseport_groups_are_checked() {
+    let sb = Sandbox::new("reuseport");
+    sb.attach(&[]);
+    let got = sb.py(
+        r#"
+        group = [udp(bind=("127.0.0.1", 4444), reuseport=True) for _ in range(8)]
+        out(conn(group[3], P))
+        out(conn(group[5], P))
+        out(",".join(conn(s, ("127.0.0.2", 2000 + i)) for i, s in enumerate(group) if i not in (3, 5)))
+        out(receiver(group, P))
+        "#,
+    );
+    assert_eq!(got, ["ok", "EPERM", "ok,ok,ok,ok,ok,ok", "3"]);
+}
+
+#[test]
+fn the_quic_server_pattern_works() {
+    let sb = Sandbox::new("quic");
+    sb.attach(&[]);
+    // An unconnected listener on the port, plus one connected socket per client on it.
+    let got = sb.py(r#"
+        for bind in (("127.0.0.1", 4443), ("0.0.0.0", 4444)):
+            listener = udp(bind=bind)
+            clients = [udp(bind=("127.0.0.1", bind[1])) for _ in range(50)]
+            out(set(conn(s, ("127.0.0.2", 10000 + i)) for i, s in enumerate(clients)))
+            out(conn(udp(bind=("127.0.0.1", bind[1])), ("127.0.0.2", 10007)))
+            out(conn(udp(bind=("127.0.0.1", bind[1])), ("127.0.0.2", 10050)))
+        "#);
+    assert_eq!(got, ["{'ok'}", "EPERM", "ok", "{'ok'}", "EPERM", "ok"]);
+}
+
+#[test]
+fn tcp_and_other_protocols_are_untouched() {
+    let sb = Sandbox::new("tcp");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        srv = socket.socket(); srv.bind(("127.0.0.1", 1111)); srv.listen()
+        c1 = socket.socket(); c1.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c1.bind(("127.0.0.1", 4444)); out(conn(c1, P))
+        c2 = socket.socket(); c2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        c2.bind(("127.0.0.1", 4445)); out(conn(c2, P))
+        open("/proc/sys/net/ipv4/ping_group_range", "w").write("0 0")
+        ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        out(conn(ping, ("127.0.0.1", 0)))
+        "#);
+    assert_eq!(got, ["ok", "ok", "ok"]);
+    // Not even counted: the guard only looks at UDP.
+    assert_eq!(sb.counter("checked"), 0);
+}
+
+#[test]
+fn processes_outside_the_cgroup_are_untouched() {
+    let sb = Sandbox::new("outside");
+    sb.attach(&[]);
+    assert_eq!(sb.py_outside(SEED), ["ok", "ok", "1"]);
+    assert_eq!(sb.counter("checked"), 0);
+}
+
+#[test]
+fn a_holder_outside_the_cgroup_still_counts() {
+    let sb = Sandbox::new("holder-outside");
+    sb.attach(&[]);
+    // The holder lives outside the guarded cgroup; the newcomer inside is refused.
+    let got = sb.py(&format!(
+        r#"
+        import subprocess
+        holder = subprocess.Popen(["python3", "-c", {holder:?}], stdout=subprocess.PIPE, text=True)
+        out(holder.stdout.readline().strip())
+        b = udp(bind=("127.0.0.1", 4444)); out(conn(b, P))
+        holder.kill()
+        "#,
+        holder = "import socket,time\na=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                  a.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                  a.bind(('127.0.0.1',4444)); a.connect(('127.0.0.1',1111))\n\
+                  print('held',flush=True); time.sleep(30)"
+    ));
+    assert_eq!(got, ["held", "EPERM"]);
+}
+
+#[test]
+fn audit_mode_lets_the_conflict_through_and_counts_it() {
+    let sb = Sandbox::new("audit");
+    sb.attach(&["--mode", "audit"]);
+    assert_eq!(sb.py(SEED), ["ok", "ok", "1"]);
+    assert_eq!(sb.counter("audited"), 1);
+    assert_eq!(sb.counter("rejected"), 0);
+    assert_eq!(sb.status()["attachments"][0]["mode"], "audit");
+}
+
+#[test]
+fn each_errno_is_what_the_refused_connect_gets() {
+    let sb = Sandbox::new("errno");
+    for (flag, name) in [
+        ("eaddrinuse", "EADDRINUSE"),
+        ("eaddrnotavail", "EADDRNOTAVAIL"),
+        ("eperm", "EPERM"),
+    ] {
+        sb.attach(&["--errno", flag]);
+        assert_eq!(sb.py(SEED), ["ok", name, "0"], "--errno {flag}");
+        assert_eq!(sb.status()["attachments"][0]["errno"], name);
+    }
+}
+
+#[test]
+fn attaching_again_updates_in_place() {
+    let sb = Sandbox::new("idempotent");
+    sb.attach(&[]);
+    let before = sb.status();
+    assert_eq!(sb.py(SEED), ["ok", "EPERM", "0"]);
+    let said = sb.attach(&["--mode", "audit"]);
+    assert!(said.contains("updated"), "{said}");
+    let after = sb.status();
+    // Same programs, same single pair on the hook, counters kept, new mode applied.
+    assert_eq!(
+        before["attachments"][0]["programs"],
+        after["attachments"][0]["programs"]
+    );
+    assert_eq!(after["attachments"].as_array().unwrap().len(), 1);
+    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(after["attachments"][0]["counters"]["rejected"], 1);
+    assert_eq!(after["attachments"][0]["mode"], "audit");
+    assert_eq!(after["attachments"][0]["matches_binary"], true);
+    // Mode unchanged when not given again; errno likewise.
+    sb.attach(&["--errno", "eaddrinuse"]);
+    assert_eq!(sb.status()["attachments"][0]["mode"], "audit");
+}
+
+#[test]
+fn repeated_attaches_keep_one_attachment_with_the_last_settings() {
+    let sb = Sandbox::new("concurrent");
+    let cgroup = sb.cgroup.to_str().unwrap().to_owned();
+    let runs: Vec<_> = (0..6)
+        .map(|i| {
+            let errno = if i % 2 == 0 { "eperm" } else { "eaddrinuse" };
+            std::process::Command::new(common::UDPGUARD)
+                .args(["attach", "--cgroup", &cgroup, "--errno", errno])
+                .env("UDPGUARD_PIN_ROOT", &sb.pin_root)
+                .output()
+                .unwrap()
+        })
+        .collect();
+    for run in &runs {
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    assert_eq!(sb.status()["attachments"].as_array().unwrap().len(), 1);
+    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(sb.py(SEED)[1..], ["EADDRINUSE", "0"]);
+}
+
+#[test]
+fn concurrent_attaches_in_parallel_processes_do_not_corrupt_state() {
+    let sb = Sandbox::new("parallel");
+    let cgroup = sb.cgroup.to_str().unwrap().to_owned();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(common::UDPGUARD)
+                .args(["attach", "--cgroup", &cgroup])
+                .env("UDPGUARD_PIN_ROOT", &sb.pin_root)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(sb.status()["attachments"].as_array().unwrap().len(), 1);
+    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(sb.py(SEED), ["ok", "EPERM", "0"]);
+}
+
+#[test]
+fn an_attachment_from_another_build_is_replaced() {
+    let sb = Sandbox::new("replace");
+    sb.attach(&["--errno", "eaddrinuse"]);
+    let old = sb.status()["attachments"][0]["programs"].clone();
+    // Make the pins look foreign: zero the recorded object hash.
+    let dir = sb.status()["attachments"][0]["pin_dir"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut args = vec!["map", "update", "pinned"];
+    let meta = format!("{dir}/meta");
+    args.extend([meta.as_str(), "key", "0", "0", "0", "0", "value"]);
+    let zeros = vec!["0"; 56];
+    args.extend(zeros.iter().copied());
+    assert!(
+        std::process::Command::new("bpftool")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(sb.status()["attachments"][0]["matches_binary"], false);
+
+    let said = sb.attach(&[]);
+    assert!(said.contains("replaced"), "{said}");
+    let now = sb.status();
+    assert_eq!(now["attachments"][0]["matches_binary"], true);
+    assert_ne!(now["attachments"][0]["programs"], old);
+    // The old settings carry over; only the new pair is on the hook.
+    assert_eq!(now["attachments"][0]["errno"], "EADDRINUSE");
+    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(sb.py(SEED), ["ok", "EADDRINUSE", "0"]);
+}
+
+#[test]
+fn detach_restores_vanilla_behaviour_and_leaves_no_pins() {
+    let sb = Sandbox::new("detach");
+    sb.attach(&[]);
+    assert_eq!(sb.py(SEED), ["ok", "EPERM", "0"]);
+    assert!(sb.detach().contains("detached"));
+    assert_eq!(sb.py(SEED), ["ok", "ok", "1"]);
+    assert!(sb.attached_programs().is_empty());
+    let left: Vec<_> = std::fs::read_dir(&sb.pin_root).unwrap().collect();
+    assert!(left.is_empty(), "pins left: {left:?}");
+    assert_eq!(sb.status()["attachments"], serde_json::json!([]));
+
+    // Detaching again is a clear message, not a crash.
+    let again = sb.udpguard(&["detach", "--cgroup", sb.cgroup.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("nothing is attached"), "{err}");
+}
+
+#[test]
+fn detach_all_removes_every_attachment() {
+    let sb = Sandbox::new("detach-all");
+    let second = sb.cgroup.join("child");
+    std::fs::create_dir(&second).unwrap();
+    sb.attach(&[]);
+    sb.udpguard_ok(&["attach", "--cgroup", second.to_str().unwrap()]);
+    assert_eq!(sb.status()["attachments"].as_array().unwrap().len(), 2);
+    let said = sb.udpguard_ok(&["detach", "--all"]);
+    assert_eq!(said.lines().count(), 2, "{said}");
+    assert_eq!(sb.status()["attachments"], serde_json::json!([]));
+    assert!(sb.attached_programs().is_empty());
+    std::fs::remove_dir(&second).unwrap();
+}
+
+#[test]
+fn wildcard_and_autobound_sockets_are_counted_not_checked() {
+    let sb = Sandbox::new("notchecked");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        a = udp(bind=("0.0.0.0", 4444)); out(conn(a, P))
+        b = udp(bind=("::", 4445), family=6); out(conn(b, ("::1", 1111)))
+        c = udp(); out(conn(c, P))
+        d = udp(bind=("fd00::1", 4446), family=6); out(conn(d, ("::ffff:127.0.0.1", 1111)))
+        "#);
+    // Never refused on a guess; the kernel itself refuses d (IPv6-bound, IPv4 peer).
+    assert_eq!(got, ["ok", "ok", "ok", "ENETUNREACH"]);
+    assert_eq!(sb.counter("wildcard"), 2);
+    assert_eq!(sb.counter("autobind"), 1);
+    assert_eq!(sb.counter("family_mismatch"), 1);
+    assert_eq!(sb.counter("checked"), 0);
+}
+
+#[test]
+fn bad_input_gets_a_message_that_says_what_to_do() {
+    let sb = Sandbox::new("badinput");
+    let missing = sb.udpguard(&[
+        "attach",
+        "--cgroup",
+        "/sys/fs/cgroup/no/such/udpguard-cgroup",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("/sys/fs/cgroup/no/such/udpguard-cgroup") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    let not_cgroup = sb.udpguard(&["attach", "--cgroup", "/tmp"]);
+    assert_eq!(not_cgroup.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&not_cgroup.stderr);
+    assert!(err.contains("not a cgroup v2 directory"), "{err}");
+
+    let bad_mode = sb.udpguard(&["attach", "--mode", "strict"]);
+    assert_eq!(bad_mode.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_mode.stderr).contains("possible values"));
+
+    // Not root: setpriv drops to nobody with no capabilities.
+    let unprivileged = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(common::UDPGUARD)
+        .args(["attach", "--cgroup", sb.cgroup.to_str().unwrap()])
+        .env("UDPGUARD_PIN_ROOT", &sb.pin_root)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(unprivileged.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&unprivileged.stderr);
+    assert!(err.contains("needs root"), "{err}");
+    assert!(sb.status()["attachments"].as_array().unwrap().is_empty());
+}
