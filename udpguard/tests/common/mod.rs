@@ -138,7 +138,11 @@ impl Sandbox {
         let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
         let program = format!("{SOCKETS_PY}\n{}", dedent(script));
         let mut command = Command::new("python3");
-        command.arg("-c").arg(program).stdin(Stdio::null());
+        command
+            .arg("-c")
+            .arg(program)
+            .env("UDPGUARD_PIN_ROOT", &self.pin_root)
+            .stdin(Stdio::null());
         // SAFETY: only async-signal-safe calls (write, setns) on fds opened before the fork.
         unsafe {
             command.pre_exec(move || {
