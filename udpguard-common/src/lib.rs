@@ -108,18 +108,11 @@ pub const COUNTER_SLOTS: usize = 16;
 
 /// The per-CPU counters, in the one-entry `COUNTERS` per-CPU array.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub values: [u64; COUNTER_SLOTS],
 }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            values: [0; COUNTER_SLOTS],
-        }
-    }
-}
 
 impl Counters {
     /// The value of one counter.
@@ -130,7 +123,7 @@ impl Counters {
 
 /// Facts about an attachment that user space keeps with its pins, in the one-entry `META` array.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttachMeta {
     /// Layout version of this struct; 0 means "never written".
     pub version: u32,
@@ -148,17 +141,6 @@ impl AttachMeta {
     pub const VERSION: u32 = 1;
 }
 
-impl Default for AttachMeta {
-    fn default() -> Self {
-        AttachMeta {
-            version: 0,
-            set_retval: 0,
-            cgroup_id: 0,
-            object_sha256: [0; 32],
-            attached_at: 0,
-        }
-    }
-}
 
 #[cfg(feature = "user")]
 mod user {
