@@ -13,6 +13,8 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     /// [`crate::AttachMeta`], one entry, written once by user space at attach time.
     pub const META: &str = "META";
+    /// Ring buffer of [`crate::ConflictEvent`]s, one per refused or audited connect.
+    pub const EVENTS: &str = "EVENTS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -69,17 +71,20 @@ pub enum Counter {
     Autobind = 4,
     /// Not checked: an IPv6-bound socket connecting to an IPv4 peer (the kernel refuses it).
     FamilyMismatch = 5,
+    /// A conflict event dropped because the ring buffer was full.
+    EventsLost = 6,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Checked,
         Counter::Rejected,
         Counter::Audited,
         Counter::Wildcard,
         Counter::Autobind,
         Counter::FamilyMismatch,
+        Counter::EventsLost,
     ];
 
     /// The counter's name in `status` and metrics.
@@ -91,10 +96,11 @@ impl Counter {
             Counter::Wildcard => "wildcard",
             Counter::Autobind => "autobind",
             Counter::FamilyMismatch => "family_mismatch",
+            Counter::EventsLost => "events_lost",
         }
     }
 
-    /// True for the reasons a connect was not checked.
+    /// True for the reasons a UDP connect was not checked.
     pub const fn is_not_checked_reason(self) -> bool {
         matches!(
             self,
@@ -112,7 +118,6 @@ pub const COUNTER_SLOTS: usize = 16;
 pub struct Counters {
     pub values: [u64; COUNTER_SLOTS],
 }
-
 
 impl Counters {
     /// The value of one counter.
@@ -141,6 +146,37 @@ impl AttachMeta {
     pub const VERSION: u32 = 1;
 }
 
+/// What the guard did with a conflicting connect, in [`ConflictEvent::action`].
+pub mod action {
+    pub const REJECTED: u32 = 1;
+    pub const AUDITED: u32 = 2;
+}
+
+/// One refused or audited `connect()`, sent to user space through the `EVENTS` ring buffer.
+/// Addresses and ports are in network order; an IPv4 address is in `*_addr[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConflictEvent {
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub boot_ns: u64,
+    /// The caller's thread group id (what user space calls the pid) in the upper 32 bits.
+    pub pid_tgid: u64,
+    /// The caller's cgroup v2 id.
+    pub cgroup_id: u64,
+    /// The network namespace's cookie.
+    pub netns_cookie: u64,
+    pub comm: [u8; 16],
+    pub local_addr: [u32; 4],
+    pub peer_addr: [u32; 4],
+    pub local_port: u16,
+    pub peer_port: u16,
+    /// 4 or 6: the family of the 4-tuple (a v4-mapped connect is 4).
+    pub family: u32,
+    /// One of [`action`].
+    pub action: u32,
+    /// The errno the connect failed with (0 when audited).
+    pub errno: u32,
+}
 
 #[cfg(feature = "user")]
 mod user {
@@ -150,4 +186,6 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AttachMeta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConflictEvent {}
 }

@@ -16,12 +16,18 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as TupleV4,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6,
     },
-    helpers::generated::{bpf_set_retval, bpf_sk_lookup_udp, bpf_sk_release},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_ktime_get_boot_ns, bpf_set_retval,
+            bpf_sk_lookup_udp, bpf_sk_release,
+        },
+    },
     macros::{cgroup_sock_addr, map},
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::SockAddrContext,
 };
-use udpguard_common::{AttachMeta, Config, Counter, Counters, errno, mode};
+use udpguard_common::{AttachMeta, Config, ConflictEvent, Counter, Counters, action, errno, mode};
 
 /// Return values of a cgroup sock_addr program.
 const ALLOW: i32 = 1;
@@ -40,6 +46,9 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 /// Written and read by user space only; kept here so it is pinned beside the other maps.
 #[map]
 static META: Array<AttachMeta> = Array::with_max_entries(1, 0);
+/// Conflict events for user space. Its size is set at load time (`--events-buffer`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -78,7 +87,7 @@ enum Verdict {
     /// Checked: no other socket holds the 4-tuple.
     Unique,
     /// Checked: another ESTABLISHED socket holds the 4-tuple.
-    Conflict,
+    Conflict(Tuple),
 }
 
 /// A connected UDP 4-tuple, addresses and ports in network order.
@@ -111,9 +120,9 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
             count(Counter::Checked);
             ALLOW
         }
-        Verdict::Conflict => {
+        Verdict::Conflict(tuple) => {
             count(Counter::Checked);
-            act_on_conflict::<SET_RETVAL>()
+            act_on_conflict::<SET_RETVAL>(ctx, &tuple)
         }
     }
 }
@@ -146,7 +155,7 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
         if !holder_connected || holder_is_caller || already_connected_to(sk, &tuple) {
             return Verdict::Unique;
         }
-        Verdict::Conflict
+        Verdict::Conflict(tuple)
     }
 }
 
@@ -296,20 +305,71 @@ unsafe fn already_connected_to(sk: *mut bpf_sock, tuple: &Tuple) -> bool {
     }
 }
 
-/// Refuse (enforce) or count and let through (audit).
+/// Refuse (enforce) or count and let through (audit); either way, tell user space.
 #[inline(always)]
-fn act_on_conflict<const SET_RETVAL: bool>() -> i32 {
+fn act_on_conflict<const SET_RETVAL: bool>(ctx: &SockAddrContext, tuple: &Tuple) -> i32 {
     let config = CONFIG.get(0).copied().unwrap_or_default();
     if config.mode == mode::AUDIT {
         count(Counter::Audited);
+        report(ctx, tuple, action::AUDITED, 0);
         return ALLOW;
     }
     count(Counter::Rejected);
-    if SET_RETVAL && config.errno != errno::EPERM {
+    // Without bpf_set_retval a refusal is always EPERM.
+    let errno = if SET_RETVAL {
+        config.errno
+    } else {
+        errno::EPERM
+    };
+    if errno != errno::EPERM {
         // SAFETY: a plain helper call; the programs that make it load only where it exists.
-        unsafe { bpf_set_retval(-(config.errno as i32)) };
+        unsafe { bpf_set_retval(-(errno as i32)) };
     }
+    report(ctx, tuple, action::REJECTED, errno);
     REFUSE
+}
+
+/// Sends a conflict event; when the ring buffer is full the event is dropped and counted,
+/// never waited for. Only conflicts get here: the common path pays nothing for events.
+#[inline(always)]
+fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32) {
+    let Some(mut entry) = EVENTS.reserve::<ConflictEvent>(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    let (family, local_addr, peer_addr, local_port, peer_port) = match *tuple {
+        Tuple::V4 {
+            local,
+            peer,
+            local_port,
+            peer_port,
+        } => (4, [local, 0, 0, 0], [peer, 0, 0, 0], local_port, peer_port),
+        Tuple::V6 {
+            local,
+            peer,
+            local_port,
+            peer_port,
+        } => (6, local, peer, local_port, peer_port),
+    };
+    // SAFETY: plain helper calls on the program's own context.
+    let event = unsafe {
+        ConflictEvent {
+            boot_ns: bpf_ktime_get_boot_ns(),
+            pid_tgid: bpf_get_current_pid_tgid(),
+            cgroup_id: bpf_get_current_cgroup_id(),
+            netns_cookie: bpf_get_netns_cookie(ctx.sock_addr.cast()),
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            local_addr,
+            peer_addr,
+            local_port,
+            peer_port,
+            family,
+            action,
+            errno,
+        }
+    };
+    entry.write(event);
+    entry.submit(0);
 }
 
 #[inline(always)]

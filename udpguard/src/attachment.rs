@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::links::{FdLink, PinnedLink},
 };
 use udpguard_common::{AttachMeta, Config, Counters, map_names};
@@ -29,6 +29,7 @@ const LINK_PINS: [&str; 2] = ["connect4", "connect6"];
 const CONFIG_PIN: &str = "config";
 const COUNTERS_PIN: &str = "counters";
 const META_PIN: &str = "meta";
+const EVENTS_PIN: &str = "events";
 /// Prefixes of directories being built or torn down; never read as attachments.
 /// (bpffs refuses names with a dot, so these are not hidden files.)
 const BUILDING: &str = "building-";
@@ -61,8 +62,14 @@ pub fn list_dirs(root: &Path) -> Vec<(u64, PathBuf)> {
 
 /// Loads the programs, attaches them to `cgroup` and pins everything in a new attachment
 /// directory, replacing `old` (if any) only once the new one is attached: no gap in between.
-pub fn create(root: &Path, cgroup: &Cgroup, settings: Settings, old: Option<&Path>) -> Result<()> {
-    let mut guard = LoadedGuard::load(settings.errno.needs_set_retval())?;
+pub fn create(
+    root: &Path,
+    cgroup: &Cgroup,
+    settings: Settings,
+    events_buffer: u32,
+    old: Option<&Path>,
+) -> Result<()> {
+    let mut guard = LoadedGuard::load(settings.errno.needs_set_retval(), events_buffer)?;
     let meta = AttachMeta {
         version: AttachMeta::VERSION,
         set_retval: guard.set_retval.into(),
@@ -112,6 +119,7 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
         (map_names::CONFIG, CONFIG_PIN),
         (map_names::COUNTERS, COUNTERS_PIN),
         (map_names::META, META_PIN),
+        (map_names::EVENTS, EVENTS_PIN),
     ] {
         let map = guard
             .ebpf
@@ -153,6 +161,13 @@ pub fn remove_leftovers(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The conflict events of the attachment in `dir`, for a reader in user space.
+pub fn open_events(dir: &Path) -> Result<RingBuf<MapData>> {
+    let map = MapData::from_pin(dir.join(EVENTS_PIN))
+        .with_context(|| format!("opening {}/{EVENTS_PIN}", dir.display()))?;
+    Ok(RingBuf::try_from(aya::maps::Map::RingBuf(map)).context("events map")?)
 }
 
 /// An attachment opened from its pins.

@@ -21,13 +21,31 @@ pub enum AttachOutcome {
     Replaced,
 }
 
-/// Attaches the guard to `cgroup` (default: the cgroup v2 root), or updates it in place.
+/// The ring buffer's default size: room for about 2,500 conflict events between two reads.
+pub const DEFAULT_EVENTS_BUFFER: u32 = 256 * 1024;
+
+/// What `attach` was asked for; `None` keeps the current value (or the default).
+#[derive(Clone, Debug, Default)]
+pub struct AttachRequest<'a> {
+    /// The cgroup to guard; `None` for the cgroup v2 root.
+    pub cgroup: Option<&'a Path>,
+    pub mode: Option<Mode>,
+    pub errno: Option<Errno>,
+    /// Bytes in the event ring buffer (a power of two, at least a page); used when the
+    /// programs are loaded, not when an attachment is updated in place.
+    pub events_buffer: Option<u32>,
+}
+
+/// Attaches the guard to a cgroup, or updates it in place.
 /// Returns the cgroup, what was done, and the settings now in force.
-pub fn attach(
-    cgroup: Option<&Path>,
-    mode: Option<Mode>,
-    errno: Option<Errno>,
-) -> Result<(Cgroup, AttachOutcome, Settings)> {
+pub fn attach(request: &AttachRequest<'_>) -> Result<(Cgroup, AttachOutcome, Settings)> {
+    let AttachRequest {
+        cgroup,
+        mode,
+        errno,
+        events_buffer,
+    } = *request;
+    let events_buffer = events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
     privilege::require("attach")?;
     let cgroup = Cgroup::open_or_root(cgroup)?;
     let root = bpffs::ensure_pin_root()?;
@@ -49,12 +67,12 @@ pub fn attach(
             // Keep what the old attachment was set to, unless told otherwise.
             let old = current.and_then(|a| a.settings()).unwrap_or_default();
             let settings = old.with(mode, errno);
-            attachment::create(&root, &cgroup, settings, Some(&dir))?;
+            attachment::create(&root, &cgroup, settings, events_buffer, Some(&dir))?;
             Ok((cgroup, AttachOutcome::Replaced, settings))
         }
         None => {
             let settings = Settings::default().with(mode, errno);
-            attachment::create(&root, &cgroup, settings, None)?;
+            attachment::create(&root, &cgroup, settings, events_buffer, None)?;
             Ok((cgroup, AttachOutcome::Attached, settings))
         }
     }

@@ -7,7 +7,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use sha2::{Digest as _, Sha256};
-use udpguard_common::program_names;
+use udpguard_common::{map_names, program_names};
 
 use crate::{
     cgroup::Cgroup,
@@ -32,8 +32,10 @@ pub struct LoadedGuard {
 impl LoadedGuard {
     /// Loads the programs that refuse with any errno, or, on a kernel without
     /// `bpf_set_retval` in these hooks, those that refuse with EPERM (unless `need_set_retval`).
-    pub fn load(need_set_retval: bool) -> Result<LoadedGuard> {
+    /// The conflict-event ring buffer gets `events_buffer` bytes.
+    pub fn load(need_set_retval: bool, events_buffer: u32) -> Result<LoadedGuard> {
         let mut ebpf = EbpfLoader::new()
+            .set_max_entries(map_names::EVENTS, events_buffer)
             .load(OBJECT)
             .context("parsing udpguard's embedded eBPF object")?;
         let set_retval = match load_program(&mut ebpf, program_names::CONNECT4) {

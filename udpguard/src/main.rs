@@ -2,7 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use udpguard::{
-    guard::{self, AttachOutcome},
+    guard::{self, AttachOutcome, AttachRequest},
     settings::{Errno, Mode},
     status,
 };
@@ -28,6 +28,9 @@ enum Command {
         /// errno a refused connect() fails with [default: eperm, or as attached]
         #[arg(long)]
         errno: Option<Errno>,
+        /// bytes of conflict-event ring buffer, a power of two >= 4096 [default: 262144]
+        #[arg(long, value_parser = parse_events_buffer)]
+        events_buffer: Option<u32>,
     },
     /// Detach the guard and remove its pins.
     Detach {
@@ -55,7 +58,14 @@ fn main() -> ExitCode {
             cgroup,
             mode,
             errno,
-        } => guard::attach(cgroup.as_deref(), mode, errno).map(|(cgroup, outcome, settings)| {
+            events_buffer,
+        } => guard::attach(&AttachRequest {
+            cgroup: cgroup.as_deref(),
+            mode,
+            errno,
+            events_buffer,
+        })
+        .map(|(cgroup, outcome, settings)| {
             let what = match outcome {
                 AttachOutcome::Attached => "attached to",
                 AttachOutcome::Updated => "updated on",
@@ -98,5 +108,15 @@ fn main() -> ExitCode {
             eprintln!("udpguard: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A ring buffer's size must be a power of two and a whole number of pages.
+fn parse_events_buffer(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes.is_power_of_two() && bytes >= 4096 {
+        Ok(bytes)
+    } else {
+        Err("must be a power of two, at least 4096".into())
     }
 }
