@@ -1,12 +1,289 @@
 //! `udpguard scan`: find the duplicate connected UDP 4-tuples that already exist.
-//! (Being built: see issue 4.)
+//!
+//! The guard stops new duplicates; `scan` reports the ones already there
+//! (made before the guard, or outside its cgroup), without BPF and, for what
+//! an unprivileged user can see, without root:
+//!
+//! 1. dump the connected UDP sockets of each namespace ([`sock_diag`]),
+//! 2. group them by 4-tuple, v4-mapped IPv6 folded into IPv4 ([`group`]),
+//! 3. ask the kernel's own lookup which socket of each group receives
+//!    ([`sock_diag::SockDiag::receiving_inode`]; [`route`] supplies the
+//!    incoming interface when some sockets are bound to a device),
+//! 4. find the processes holding the sockets ([`procfs`]),
+//! 5. print a table or JSON ([`output`]); exit 0 (none), 1 (found) or 2 (error).
+
+mod group;
+mod netns;
+mod output;
+mod procfs;
+mod route;
+mod sock_diag;
+mod socket;
+
+use std::collections::HashSet;
+use std::io::Write as _;
+
+use anyhow::Context as _;
+
+use group::{DuplicateGroup, Ingress};
+use netns::NetworkNamespace;
+use output::{DuplicateReport, Report, SocketReport};
+use route::RouteLookup;
+use sock_diag::SockDiag;
+
+/// Exit status: no duplicates.
+const EXIT_CLEAN: i32 = 0;
+/// Exit status: duplicates found.
+const EXIT_DUPLICATES: i32 = 1;
+/// Exit status: the scan failed.
+const EXIT_ERROR: i32 = 2;
 
 /// Arguments of `udpguard scan`.
 #[derive(Debug, clap::Args)]
-pub struct ScanArgs {}
+pub struct ScanArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Scan every network namespace on the host (needs root to enter them),
+    /// not only the current one.
+    #[arg(long)]
+    pub all_netns: bool,
+}
 
 /// Runs `udpguard scan`; returns the process exit status (0 none, 1 duplicates, 2 error).
-pub fn run(_args: &ScanArgs) -> i32 {
-    eprintln!("udpguard scan: not implemented yet");
-    2
+pub fn run(args: &ScanArgs) -> i32 {
+    let mut gaps = Gaps::default();
+    let result = scan(args, &mut gaps);
+    let print_notes = |gaps: &Gaps| {
+        for note in &gaps.notes {
+            eprintln!("udpguard scan: note: {note}");
+        }
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(error) => {
+            print_notes(&gaps);
+            eprintln!("udpguard scan: error: {error:#}");
+            return EXIT_ERROR;
+        }
+    };
+    let text = if args.json {
+        output::render_json(&report)
+    } else {
+        output::render_table(&report)
+    };
+    if let Err(error) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        eprintln!("udpguard scan: error: cannot write the report: {error}");
+        return EXIT_ERROR;
+    }
+    print_notes(&gaps);
+    if report.duplicates.is_empty() {
+        EXIT_CLEAN
+    } else {
+        EXIT_DUPLICATES
+    }
+}
+
+/// A duplicate group found in one namespace, with the inode of the socket
+/// that receives (`None` if the kernel's lookup picked none of them).
+struct Finding {
+    netns: Option<String>,
+    group: DuplicateGroup,
+    receiving: Option<u64>,
+}
+
+/// What could not be seen, for the user (stderr) and the report (`partial`).
+#[derive(Default)]
+struct Gaps {
+    notes: Vec<String>,
+    partial: bool,
+}
+
+impl Gaps {
+    fn add(&mut self, note: String) {
+        self.notes.push(note);
+        self.partial = true;
+    }
+}
+
+/// Scans and returns the report; what could not be seen goes to `gaps`.
+fn scan(args: &ScanArgs, gaps: &mut Gaps) -> anyhow::Result<Report> {
+    let (scanned, findings, namespaces_scanned) = if args.all_netns {
+        let (scanned, findings, namespaces) = scan_all_namespaces(gaps)?;
+        (scanned, findings, Some(namespaces))
+    } else {
+        let mut kernel =
+            KernelSockets::open().context("cannot scan the current network namespace")?;
+        let (scanned, findings) = scan_with(&mut kernel, None)?;
+        (scanned, findings, None)
+    };
+    report(scanned, findings, namespaces_scanned, gaps)
+}
+
+/// Scans every namespace found; returns the sockets scanned, the findings and
+/// how many namespaces were scanned.
+fn scan_all_namespaces(gaps: &mut Gaps) -> anyhow::Result<(usize, Vec<Finding>, usize)> {
+    let discovery = netns::discover().context("cannot list the network namespaces")?;
+    if discovery.unreadable_processes > 0 {
+        gaps.add(format!(
+            "could not see the network namespace of {} (permission denied); \
+             namespaces only they use were not scanned{}",
+            processes(discovery.unreadable_processes),
+            remedy("to scan them all")
+        ));
+    }
+    let mut scanned = 0;
+    let mut findings = Vec::new();
+    let mut namespaces_scanned = 0;
+    for namespace in &discovery.namespaces {
+        match scan_namespace(namespace) {
+            Ok((count, found)) => {
+                namespaces_scanned += 1;
+                scanned += count;
+                findings.extend(found);
+            }
+            Err(error) => {
+                gaps.add(format!(
+                    "network namespace {} not scanned: {error:#}",
+                    namespace.name
+                ));
+            }
+        }
+    }
+    if namespaces_scanned == 0 {
+        anyhow::bail!(
+            "none of the {} network namespaces found could be scanned (see the notes)",
+            discovery.namespaces.len()
+        );
+    }
+    Ok((scanned, findings, namespaces_scanned))
+}
+
+/// Scans one namespace found by `--all-netns`.
+fn scan_namespace(namespace: &NetworkNamespace) -> anyhow::Result<(usize, Vec<Finding>)> {
+    let mut kernel = netns::open_in(namespace, KernelSockets::open)?;
+    scan_with(&mut kernel, Some(namespace.name.clone()))
+}
+
+/// The netlink sockets a scan asks one namespace's kernel state through.
+struct KernelSockets {
+    diag: SockDiag,
+    routes: RouteLookup,
+}
+
+impl KernelSockets {
+    /// Opens them in the calling thread's network namespace.
+    fn open() -> anyhow::Result<Self> {
+        Ok(Self {
+            diag: SockDiag::open()?,
+            routes: RouteLookup::open().context("cannot open a NETLINK_ROUTE socket")?,
+        })
+    }
+}
+
+/// Dumps, groups and resolves the receiver of each group, in the namespace
+/// `kernel` belongs to. Returns the number of connected sockets and the groups.
+fn scan_with(
+    kernel: &mut KernelSockets,
+    netns: Option<String>,
+) -> anyhow::Result<(usize, Vec<Finding>)> {
+    let sockets = kernel
+        .diag
+        .dump_connected_udp()
+        .context("cannot list the connected UDP sockets")?;
+    let count = sockets.len();
+    let mut findings = Vec::new();
+    for group in group::find_duplicates(sockets) {
+        let (local, remote) = (group.tuple.local, group.tuple.remote);
+        let ifindex = match group.ingress() {
+            Ingress::Any => 0,
+            Ingress::Device(ifindex) => ifindex,
+            Ingress::FromRoute => kernel
+                .routes
+                .egress_ifindex(local.ip(), remote.ip())
+                .with_context(|| format!("cannot look up the route from {local} to {remote}"))?
+                .unwrap_or(0),
+        };
+        let receiving = kernel
+            .diag
+            .receiving_inode(&group.tuple, ifindex)
+            .with_context(|| {
+                format!("cannot ask the kernel which socket receives on {local} -> {remote}")
+            })?
+            .filter(|inode| group.sockets.iter().any(|s| s.inode == *inode));
+        findings.push(Finding {
+            netns: netns.clone(),
+            group,
+            receiving,
+        });
+    }
+    Ok((count, findings))
+}
+
+/// Looks up the owners of every duplicated socket and builds the report.
+fn report(
+    scanned: usize,
+    findings: Vec<Finding>,
+    namespaces_scanned: Option<usize>,
+    gaps: &mut Gaps,
+) -> anyhow::Result<Report> {
+    let inodes: HashSet<u64> = findings
+        .iter()
+        .flat_map(|f| f.group.sockets.iter().map(|s| s.inode))
+        .collect();
+    let mut owners = procfs::find_socket_owners(&inodes).context("cannot read /proc")?;
+    if owners.unreadable_processes > 0 {
+        gaps.add(format!(
+            "could not read the open files of {} (permission denied); \
+             process lists may be incomplete{}",
+            processes(owners.unreadable_processes),
+            remedy("to see every owner")
+        ));
+    }
+    let duplicates = findings
+        .into_iter()
+        .map(|finding| DuplicateReport {
+            netns: finding.netns,
+            local: finding.group.tuple.local.to_string(),
+            remote: finding.group.tuple.remote.to_string(),
+            sockets: finding
+                .group
+                .sockets
+                .iter()
+                .map(|s| SocketReport {
+                    inode: s.inode,
+                    uid: s.uid,
+                    family: s.family,
+                    receiving: finding.receiving == Some(s.inode),
+                    processes: owners.by_inode.remove(&s.inode).unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Report {
+        scanned,
+        duplicates,
+        partial: gaps.partial,
+        namespaces_scanned,
+    })
+}
+
+/// "1 process", "2 processes".
+fn processes(count: usize) -> String {
+    if count == 1 {
+        "1 process".to_owned()
+    } else {
+        format!("{count} processes")
+    }
+}
+
+/// ": run as root <goal>", or, when already root, why root was not enough.
+fn remedy(goal: &str) -> String {
+    if nix::unistd::Uid::effective().is_root() {
+        " (refused even to root: protected processes, e.g. by a security module, \
+             or this root lacks CAP_SYS_PTRACE)"
+            .to_owned()
+    } else {
+        format!(": run as root {goal}")
+    }
 }
