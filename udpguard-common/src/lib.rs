@@ -15,6 +15,9 @@ pub mod map_names {
     pub const META: &str = "META";
     /// Ring buffer of [`crate::ConflictEvent`]s, one per refused or audited connect.
     pub const EVENTS: &str = "EVENTS";
+    /// LRU hash [`crate::ClaimKey`] -> [`crate::Claim`]: the tuples sockets in the cgroup hold
+    /// or are about to hold.
+    pub const CLAIMS: &str = "CLAIMS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -27,6 +30,8 @@ pub mod program_names {
     pub const CONNECT4: &str = "connect4";
     /// cgroup/connect6, refusing with the configured errno through `bpf_set_retval`.
     pub const CONNECT6: &str = "connect6";
+    /// cgroup/sock_release: releases the closing socket's claim.
+    pub const RELEASE: &str = "release";
 }
 
 /// What the guard does with a conflicting `connect()`.
@@ -73,11 +78,14 @@ pub enum Counter {
     FamilyMismatch = 5,
     /// A conflict event dropped because the ring buffer was full.
     EventsLost = 6,
+    /// Conflicts with a racing socket, seen by waiting on its claim (also counted as rejected
+    /// or audited).
+    Raced = 7,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::Checked,
         Counter::Rejected,
         Counter::Audited,
@@ -85,6 +93,7 @@ impl Counter {
         Counter::Autobind,
         Counter::FamilyMismatch,
         Counter::EventsLost,
+        Counter::Raced,
     ];
 
     /// The counter's name in `status` and metrics.
@@ -97,6 +106,7 @@ impl Counter {
             Counter::Autobind => "autobind",
             Counter::FamilyMismatch => "family_mismatch",
             Counter::EventsLost => "events_lost",
+            Counter::Raced => "raced",
         }
     }
 
@@ -146,6 +156,40 @@ impl AttachMeta {
     pub const VERSION: u32 = 1;
 }
 
+/// A connected 4-tuple in one network namespace: the key of the claim map.
+/// Addresses and ports in network order; an IPv4 address is in `*_addr[0]`, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClaimKey {
+    pub netns_cookie: u64,
+    pub local_addr: [u32; 4],
+    pub peer_addr: [u32; 4],
+    pub local_port: u16,
+    pub peer_port: u16,
+    /// 4 or 6; 0 marks an empty per-socket slot.
+    pub family: u32,
+}
+
+/// Who claimed a tuple, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The claiming socket's cookie.
+    pub owner: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when it was claimed; compared signed across CPUs.
+    pub since_ns: u64,
+}
+
+/// What a socket remembers in its own storage: the claim it holds, to release it on close,
+/// on disconnect, and when it connects elsewhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketClaim {
+    pub key: ClaimKey,
+    /// The socket's own cookie (the claim's owner).
+    pub owner: u64,
+}
+
 /// What the guard did with a conflicting connect, in [`ConflictEvent::action`].
 pub mod action {
     pub const REJECTED: u32 = 1;
@@ -176,6 +220,8 @@ pub struct ConflictEvent {
     pub action: u32,
     /// The errno the connect failed with (0 when audited).
     pub errno: u32,
+    /// The caller's socket cookie: tells it apart from the holder in a socket dump.
+    pub sock_cookie: u64,
 }
 
 #[cfg(feature = "user")]
@@ -188,4 +234,8 @@ mod user {
     unsafe impl aya::Pod for super::AttachMeta {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConflictEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClaimKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Claim {}
 }

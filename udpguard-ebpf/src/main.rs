@@ -5,8 +5,15 @@
 //! Four entry points share one decision, [`decide`]:
 //! - `connect4` / `connect6` refuse with the configured errno through `bpf_set_retval`;
 //! - `connect4_plain` / `connect6_plain` refuse with EPERM only, for kernels without it.
+//!
+//! `release` (cgroup/sock_release) lets go of the claims that close the race (see [`claims`]).
 #![no_std]
 #![no_main]
+// Compare-and-swap on a map value: the bpf target offers no `AtomicU64::compare_exchange`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod claims;
 
 use core::{mem::size_of, ptr};
 
@@ -19,15 +26,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_ktime_get_boot_ns, bpf_set_retval,
-            bpf_sk_lookup_udp, bpf_sk_release,
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns, bpf_set_retval, bpf_sk_lookup_udp, bpf_sk_release,
         },
     },
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, PerCpuArray, RingBuf},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
-use udpguard_common::{AttachMeta, Config, ConflictEvent, Counter, Counters, action, errno, mode};
+use udpguard_common::{
+    AttachMeta, ClaimKey, Config, ConflictEvent, Counter, Counters, action, errno, mode,
+};
 
 /// Return values of a cgroup sock_addr program.
 const ALLOW: i32 = 1;
@@ -70,6 +79,15 @@ pub fn connect6_plain(ctx: SockAddrContext) -> i32 {
     on_connect::<false>(&ctx, Hook::Connect6)
 }
 
+/// A closing socket lets go of its claim (sock_release cannot read ports: the claim's key is
+/// in the socket's storage).
+#[cgroup_sock(sock_release)]
+pub fn release(ctx: SockContext) -> i32 {
+    // SAFETY: the context is the closing socket.
+    unsafe { claims::release_socket(ctx.sock.cast()) };
+    ALLOW
+}
+
 #[derive(Clone, Copy)]
 enum Hook {
     /// An IPv4 sockaddr: from an AF_INET socket, or an AF_INET6 one given an AF_INET sockaddr.
@@ -85,7 +103,7 @@ enum Verdict {
     /// A UDP connect that could not be checked, and why.
     NotChecked(Counter),
     /// Checked: no other socket holds the 4-tuple.
-    Unique,
+    Unique(Tuple),
     /// Checked: another ESTABLISHED socket holds the 4-tuple.
     Conflict(Tuple),
 }
@@ -106,6 +124,37 @@ enum Tuple {
     },
 }
 
+impl Tuple {
+    /// The tuple as the claim map and events hold it, in the caller's network namespace.
+    #[inline(always)]
+    fn key(&self, ctx: &SockAddrContext) -> ClaimKey {
+        // SAFETY: a plain helper call on the program's own context.
+        let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+        let (family, local_addr, peer_addr, local_port, peer_port) = match *self {
+            Tuple::V4 {
+                local,
+                peer,
+                local_port,
+                peer_port,
+            } => (4, [local, 0, 0, 0], [peer, 0, 0, 0], local_port, peer_port),
+            Tuple::V6 {
+                local,
+                peer,
+                local_port,
+                peer_port,
+            } => (6, local, peer, local_port, peer_port),
+        };
+        ClaimKey {
+            netns_cookie,
+            local_addr,
+            peer_addr,
+            local_port,
+            peer_port,
+            family,
+        }
+    }
+}
+
 #[inline(always)]
 fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: the kernel hands a valid bpf_sock_addr whose `sk` is a full socket.
@@ -116,13 +165,22 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
             count(reason);
             ALLOW
         }
-        Verdict::Unique => {
-            count(Counter::Checked);
-            ALLOW
-        }
         Verdict::Conflict(tuple) => {
             count(Counter::Checked);
             act_on_conflict::<SET_RETVAL>(ctx, &tuple)
+        }
+        Verdict::Unique(tuple) => {
+            count(Counter::Checked);
+            // No socket holds the tuple; a racer may be about to. The first claim wins.
+            // SAFETY: as in `decide`.
+            let held = || unsafe { held_by_another(ctx.sock_addr, &tuple) };
+            match claims::claim(ctx, &tuple.key(ctx), held) {
+                claims::Claimed::Ours => ALLOW,
+                claims::Claimed::Lost => {
+                    count(Counter::Raced);
+                    act_on_conflict::<SET_RETVAL>(ctx, &tuple)
+                }
+            }
         }
     }
 }
@@ -141,21 +199,32 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
             Ok(tuple) => tuple,
             Err(reason) => return Verdict::NotChecked(reason),
         };
-        // The kernel's own lookup, as for a datagram from the peer: it returns the ESTABLISHED
-        // holder of the 4-tuple when there is one, else an unconnected socket on the port.
-        let holder = lookup(ctx, &tuple);
+        if held_by_another(ctx, &tuple) {
+            Verdict::Conflict(tuple)
+        } else {
+            Verdict::Unique(tuple)
+        }
+    }
+}
+
+/// The kernel's own lookup, as for a datagram from the peer: true when another socket holds
+/// the tuple ESTABLISHED.
+#[inline(always)]
+unsafe fn held_by_another(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> bool {
+    // SAFETY: as in `decide`.
+    unsafe {
+        let sk = (*ctx).__bindgen_anon_1.sk;
+        // It returns the ESTABLISHED holder when there is one, else an unconnected socket.
+        let holder = lookup(ctx, tuple);
         if holder.is_null() {
-            return Verdict::Unique;
+            return false;
         }
         let holder_connected = load(&(*holder).state) == BPF_TCP_ESTABLISHED;
         let holder_is_caller = holder == sk;
         bpf_sk_release(holder.cast());
         // An unconnected socket receives only what no connected socket takes: no conflict.
         // The caller itself is found when it re-connects to the peer it already has.
-        if !holder_connected || holder_is_caller || already_connected_to(sk, &tuple) {
-            return Verdict::Unique;
-        }
-        Verdict::Conflict(tuple)
+        holder_connected && !holder_is_caller && !already_connected_to(sk, tuple)
     }
 }
 
@@ -337,35 +406,23 @@ fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32) {
         count(Counter::EventsLost);
         return;
     };
-    let (family, local_addr, peer_addr, local_port, peer_port) = match *tuple {
-        Tuple::V4 {
-            local,
-            peer,
-            local_port,
-            peer_port,
-        } => (4, [local, 0, 0, 0], [peer, 0, 0, 0], local_port, peer_port),
-        Tuple::V6 {
-            local,
-            peer,
-            local_port,
-            peer_port,
-        } => (6, local, peer, local_port, peer_port),
-    };
+    let key = tuple.key(ctx);
     // SAFETY: plain helper calls on the program's own context.
     let event = unsafe {
         ConflictEvent {
             boot_ns: bpf_ktime_get_boot_ns(),
             pid_tgid: bpf_get_current_pid_tgid(),
             cgroup_id: bpf_get_current_cgroup_id(),
-            netns_cookie: bpf_get_netns_cookie(ctx.sock_addr.cast()),
+            netns_cookie: key.netns_cookie,
             comm: bpf_get_current_comm().unwrap_or_default(),
-            local_addr,
-            peer_addr,
-            local_port,
-            peer_port,
-            family,
+            local_addr: key.local_addr,
+            peer_addr: key.peer_addr,
+            local_port: key.local_port,
+            peer_port: key.peer_port,
+            family: key.family,
             action,
             errno,
+            sock_cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
         }
     };
     entry.write(event);

@@ -24,12 +24,14 @@ use crate::{
     sys,
 };
 
-/// Pin names inside an attachment directory.
-const LINK_PINS: [&str; 2] = ["connect4", "connect6"];
+/// Pin names inside an attachment directory: the links (named by `LoadedGuard::attach`)...
+const LINK_PINS: [&str; 3] = ["connect4", "connect6", "release"];
+/// ... and the maps.
 const CONFIG_PIN: &str = "config";
 const COUNTERS_PIN: &str = "counters";
 const META_PIN: &str = "meta";
 const EVENTS_PIN: &str = "events";
+const CLAIMS_PIN: &str = "claims";
 /// Prefixes of directories being built or torn down; never read as attachments.
 /// (bpffs refuses names with a dot, so these are not hidden files.)
 const BUILDING: &str = "building-";
@@ -120,6 +122,7 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
         (map_names::COUNTERS, COUNTERS_PIN),
         (map_names::META, META_PIN),
         (map_names::EVENTS, EVENTS_PIN),
+        (map_names::CLAIMS, CLAIMS_PIN),
     ] {
         let map = guard
             .ebpf
@@ -128,8 +131,7 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
         map.pin(dir.join(pin))
             .with_context(|| format!("pinning map {name} in {}", dir.display()))?;
     }
-    let links = guard.attach(cgroup)?;
-    for (link, pin) in links.into_iter().zip(LINK_PINS) {
+    for (pin, link) in guard.attach(cgroup)? {
         link.pin(dir.join(pin))
             .with_context(|| format!("pinning link {pin} in {}", dir.display()))?;
     }
@@ -168,6 +170,15 @@ pub fn open_events(dir: &Path) -> Result<RingBuf<MapData>> {
     let map = MapData::from_pin(dir.join(EVENTS_PIN))
         .with_context(|| format!("opening {}/{EVENTS_PIN}", dir.display()))?;
     Ok(RingBuf::try_from(aya::maps::Map::RingBuf(map)).context("events map")?)
+}
+
+/// How many tuples the attachment's claim map holds.
+pub fn count_claims(dir: &Path) -> Result<usize> {
+    let map = MapData::from_pin(dir.join(CLAIMS_PIN))
+        .with_context(|| format!("opening {}/{CLAIMS_PIN}", dir.display()))?;
+    let claims: aya::maps::HashMap<MapData, udpguard_common::ClaimKey, udpguard_common::Claim> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).context("claims map")?;
+    Ok(claims.keys().filter(Result::is_ok).count())
 }
 
 /// An attachment opened from its pins.
@@ -231,7 +242,7 @@ impl Attachment {
 
     /// The ids of the attached connect4 and connect6 programs (None if a link is gone).
     pub fn program_ids(&self) -> [Option<u32>; 2] {
-        LINK_PINS.map(|pin| {
+        [LINK_PINS[0], LINK_PINS[1]].map(|pin| {
             let link: FdLink = PinnedLink::from_pin(self.dir.join(pin)).ok()?.into();
             link.info().ok().map(|info| info.program_id())
         })

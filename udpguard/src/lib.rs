@@ -5,7 +5,8 @@
 //! - [`attachment`]: one attachment's pins in the bpffs; [`bpffs`]: the pin root and its lock;
 //! - [`guard`]: the `attach` / `detach` verbs; [`status`]: the `status` report;
 //! - [`cgroup`], [`settings`], [`privilege`]: inputs and their checks;
-//! - [`scan`]: finding duplicates that already exist (no BPF).
+//! - [`scan`]: finding duplicates that already exist (no BPF);
+//! - [`sandbox`]: a throw-away cgroup + network namespace for tests, stress tools and benches.
 pub mod attachment;
 pub mod bpffs;
 pub mod cgroup;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod guard;
 pub mod loader;
 pub mod privilege;
+pub mod sandbox;
 pub mod scan;
 pub mod settings;
 pub mod status;

@@ -3,8 +3,10 @@ use std::fs::File;
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    Ebpf, EbpfLoader, VerifierLogLevel,
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, links::FdLink,
+    },
 };
 use sha2::{Digest as _, Sha256};
 use udpguard_common::{map_names, program_names};
@@ -29,16 +31,21 @@ pub struct LoadedGuard {
     pub set_retval: bool,
 }
 
+/// The attached programs' links, not yet pinned, with the names to pin them under.
+pub type Links = [(&'static str, FdLink); 3];
+
 impl LoadedGuard {
     /// Loads the programs that refuse with any errno, or, on a kernel without
     /// `bpf_set_retval` in these hooks, those that refuse with EPERM (unless `need_set_retval`).
     /// The conflict-event ring buffer gets `events_buffer` bytes.
     pub fn load(need_set_retval: bool, events_buffer: u32) -> Result<LoadedGuard> {
         let mut ebpf = EbpfLoader::new()
-            .set_max_entries(map_names::EVENTS, events_buffer)
+            // Ask for the verifier's log, so a rejection can show it.
+            .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+            .map_max_entries(map_names::EVENTS, events_buffer)
             .load(OBJECT)
-            .context("parsing udpguard's embedded eBPF object")?;
-        let set_retval = match load_program(&mut ebpf, program_names::CONNECT4) {
+            .context("loading udpguard's maps from its embedded eBPF object")?;
+        let set_retval = match load_connect(&mut ebpf, program_names::CONNECT4) {
             Ok(()) => true,
             Err(Error::VerifierRejected { ref log, .. }) if lacks_helper(log) => false,
             Err(err) => return Err(err),
@@ -46,42 +53,49 @@ impl LoadedGuard {
         if !set_retval && need_set_retval {
             return Err(Error::NoSetRetval);
         }
-        let names = programs(set_retval);
-        for name in names {
+        for name in connect_programs(set_retval) {
             if name != program_names::CONNECT4 {
-                load_program(&mut ebpf, name)?;
+                load_connect(&mut ebpf, name)?;
             }
         }
+        let release: &mut CgroupSock = program(&mut ebpf, program_names::RELEASE)?;
+        verified(program_names::RELEASE, release.load())?;
         Ok(LoadedGuard { ebpf, set_retval })
     }
 
-    /// Attaches connect4 and connect6 to the cgroup in multi mode (programs of other tools,
-    /// Cilium's say, may sit on the same hooks) and hands back the links, not yet pinned.
-    pub fn attach(&mut self, cgroup: &Cgroup) -> Result<[FdLink; 2]> {
+    /// Attaches connect4, connect6 and sock_release to the cgroup and hands back the links,
+    /// not yet pinned.
+    pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Links> {
         let dir = File::open(&cgroup.path).map_err(crate::error::io(format!(
             "opening {}",
             cgroup.path.display()
         )))?;
-        let [v4, v6] = programs(self.set_retval);
-        Ok([self.attach_one(v4, &dir)?, self.attach_one(v6, &dir)?])
-    }
-
-    fn attach_one(&mut self, name: &str, cgroup: &File) -> Result<FdLink> {
-        let program = program_mut(&mut self.ebpf, name)?;
+        let [v4, v6] = connect_programs(self.set_retval);
         // A cgroup *link* always joins the hook's multi-program list (the kernel refuses
-        // flags on link_create), so Single here still lets other programs sit beside ours.
-        let id = program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name}"))?;
-        let link = program
-            .take_link(id)
-            .with_context(|| format!("taking the {name} link"))?;
-        Ok(FdLink::try_from(link).with_context(|| format!("{name} was not attached by a link"))?)
+        // flags on link_create), so Single still lets other tools' programs sit beside ours.
+        let mut connect = |name: &'static str| -> Result<FdLink> {
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let id = program
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name}"))?;
+            let link = program.take_link(id).context("taking the link")?;
+            Ok(FdLink::try_from(link).context("not a link")?)
+        };
+        let (v4, v6) = (connect(v4)?, connect(v6)?);
+
+        let release: &mut CgroupSock = program(&mut self.ebpf, program_names::RELEASE)?;
+        let id = release
+            .attach(&dir, CgroupAttachMode::Single)
+            .context("attaching release")?;
+        let release = FdLink::try_from(release.take_link(id).context("taking the link")?)
+            .context("not a link")?;
+
+        Ok([("connect4", v4), ("connect6", v6), ("release", release)])
     }
 }
 
 /// The connect4 and connect6 programs to use.
-const fn programs(set_retval: bool) -> [&'static str; 2] {
+const fn connect_programs(set_retval: bool) -> [&'static str; 2] {
     if set_retval {
         [program_names::CONNECT4, program_names::CONNECT6]
     } else {
@@ -89,17 +103,26 @@ const fn programs(set_retval: bool) -> [&'static str; 2] {
     }
 }
 
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     let program = ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?;
     Ok(program
         .try_into()
-        .with_context(|| format!("{name} is not a cgroup sock_addr program"))?)
+        .with_context(|| format!("{name} has an unexpected program type"))?)
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
-    match program_mut(ebpf, name)?.load() {
+fn load_connect(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
+    let program: &mut CgroupSockAddr = program(ebpf, name)?;
+    verified(name, program.load())
+}
+
+/// Turns a load error into one that names the program and shows the verifier's log.
+fn verified(name: &'static str, loaded: Result<(), ProgramError>) -> Result<()> {
+    match loaded {
         Ok(()) => Ok(()),
         Err(ProgramError::LoadError {
             io_error,

@@ -34,6 +34,8 @@ pub struct AttachmentStatus {
     pub attached_at: Option<u64>,
     /// Counter name -> value, summed over CPUs.
     pub counters: BTreeMap<&'static str, u64>,
+    /// Tuples held or being connected to by sockets in the cgroup (the claim map's entries).
+    pub claims: Option<usize>,
     /// Why the pins could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -74,6 +76,7 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
         matches_binary: false,
         attached_at: None,
         counters: BTreeMap::new(),
+        claims: None,
         error: None,
     };
     let read = Attachment::open(&status.pin_dir).and_then(|a| {
@@ -89,6 +92,7 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
             status.programs = Programs { connect4, connect6 };
             status.matches_binary = attachment.matches_binary();
             status.attached_at = Some(attachment.meta.attached_at);
+            status.claims = attachment::count_claims(&status.pin_dir).ok();
             status.counters = Counter::ALL
                 .iter()
                 .map(|&c| (c.name(), counters.get(c)))
@@ -137,10 +141,13 @@ impl Status {
             let count = |c: Counter| a.counters.get(c.name()).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "  checked {}  rejected {}  audited {}",
+                "  checked {}  rejected {}  audited {}  (raced {})  claimed tuples {}  events lost {}",
                 count(Counter::Checked),
                 count(Counter::Rejected),
-                count(Counter::Audited)
+                count(Counter::Audited),
+                count(Counter::Raced),
+                a.claims.map_or_else(|| "?".into(), |n| n.to_string()),
+                count(Counter::EventsLost),
             );
             let not_checked: Vec<String> = Counter::ALL
                 .iter()

@@ -4,6 +4,9 @@ mod common;
 
 use common::Sandbox;
 
+/// What an attachment puts on its cgroup: connect4, connect6 and sock_release.
+const CGROUP_PROGRAMS: usize = 3;
+
 /// The seed's two sockets: both bound to 127.0.0.1:4444 and connected to 127.0.0.1:1111.
 const SEED: &str = r#"
     a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
@@ -255,7 +258,7 @@ fn attaching_again_updates_in_place() {
         after["attachments"][0]["programs"]
     );
     assert_eq!(after["attachments"].as_array().unwrap().len(), 1);
-    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(sb.attached_programs().len(), CGROUP_PROGRAMS);
     assert_eq!(after["attachments"][0]["counters"]["rejected"], 1);
     assert_eq!(after["attachments"][0]["mode"], "audit");
     assert_eq!(after["attachments"][0]["matches_binary"], true);
@@ -286,7 +289,7 @@ fn repeated_attaches_keep_one_attachment_with_the_last_settings() {
         );
     }
     assert_eq!(sb.status()["attachments"].as_array().unwrap().len(), 1);
-    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(sb.attached_programs().len(), CGROUP_PROGRAMS);
     assert_eq!(sb.py(SEED)[1..], ["EADDRINUSE", "0"]);
 }
 
@@ -314,7 +317,7 @@ fn concurrent_attaches_in_parallel_processes_do_not_corrupt_state() {
         );
     }
     assert_eq!(sb.status()["attachments"].as_array().unwrap().len(), 1);
-    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(sb.attached_programs().len(), CGROUP_PROGRAMS);
     assert_eq!(sb.py(SEED), ["ok", "EPERM", "0"]);
 }
 
@@ -349,7 +352,7 @@ fn an_attachment_from_another_build_is_replaced() {
     assert_ne!(now["attachments"][0]["programs"], old);
     // The old settings carry over; only the new pair is on the hook.
     assert_eq!(now["attachments"][0]["errno"], "EADDRINUSE");
-    assert_eq!(sb.attached_programs().len(), 2);
+    assert_eq!(sb.attached_programs().len(), CGROUP_PROGRAMS);
     assert_eq!(sb.py(SEED), ["ok", "EADDRINUSE", "0"]);
 }
 
