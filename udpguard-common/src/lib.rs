@@ -32,6 +32,8 @@ pub mod program_names {
     pub const CONNECT6: &str = "connect6";
     /// cgroup/sock_release: releases the closing socket's claim.
     pub const RELEASE: &str = "release";
+    /// cgroup/sock_create: stamps a new UDP socket's creation time.
+    pub const CREATE: &str = "create";
 }
 
 /// What the guard does with a conflicting `connect()`.
@@ -78,14 +80,17 @@ pub enum Counter {
     FamilyMismatch = 5,
     /// A conflict event dropped because the ring buffer was full.
     EventsLost = 6,
-    /// Conflicts with a racing socket, seen by waiting on its claim (also counted as rejected
-    /// or audited).
+    /// Conflicts with a racing socket, seen through its claim (also counted as rejected or
+    /// audited).
     Raced = 7,
+    /// Another socket's claim with no connected socket behind it (stale, or its socket
+    /// disconnected or failed to connect): taken over, the connect allowed.
+    StaleClaims = 8,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Checked,
         Counter::Rejected,
         Counter::Audited,
@@ -94,6 +99,7 @@ impl Counter {
         Counter::FamilyMismatch,
         Counter::EventsLost,
         Counter::Raced,
+        Counter::StaleClaims,
     ];
 
     /// The counter's name in `status` and metrics.
@@ -107,6 +113,7 @@ impl Counter {
             Counter::FamilyMismatch => "family_mismatch",
             Counter::EventsLost => "events_lost",
             Counter::Raced => "raced",
+            Counter::StaleClaims => "stale_claims",
         }
     }
 
@@ -180,14 +187,16 @@ pub struct Claim {
     pub since_ns: u64,
 }
 
-/// What a socket remembers in its own storage: the claim it holds, to release it on close,
-/// on disconnect, and when it connects elsewhere.
+/// What a socket remembers in its own storage: when it was created, and the claim it holds
+/// (to release it on close and when it connects elsewhere).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketClaim {
     pub key: ClaimKey,
     /// The socket's own cookie (the claim's owner).
     pub owner: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at socket creation; 0 if it predates the attachment.
+    pub created_ns: u64,
 }
 
 /// What the guard did with a conflicting connect, in [`ConflictEvent::action`].

@@ -6,7 +6,8 @@
 //! - `connect4` / `connect6` refuse with the configured errno through `bpf_set_retval`;
 //! - `connect4_plain` / `connect6_plain` refuse with EPERM only, for kernels without it.
 //!
-//! `release` (cgroup/sock_release) lets go of the claims that close the race (see [`claims`]).
+//! `create` (cgroup/sock_create) and `release` (cgroup/sock_release) keep the per-socket
+//! records of the claims that close the race (see [`claims`]).
 #![no_std]
 #![no_main]
 // Compare-and-swap on a map value: the bpf target offers no `AtomicU64::compare_exchange`.
@@ -79,6 +80,19 @@ pub fn connect6_plain(ctx: SockAddrContext) -> i32 {
     on_connect::<false>(&ctx, Hook::Connect6)
 }
 
+/// A new UDP socket gets its birth time stamped: a fresh claim refuses only older sockets.
+#[cgroup_sock(sock_create)]
+pub fn create(ctx: SockContext) -> i32 {
+    // SAFETY: the context is the new socket; reading its type and protocol is allowed.
+    unsafe {
+        let sk = ctx.sock;
+        if load(&(*sk).type_) == SOCK_DGRAM && load(&(*sk).protocol) == IPPROTO_UDP {
+            claims::stamp_birth(sk.cast());
+        }
+    }
+    ALLOW
+}
+
 /// A closing socket lets go of its claim (sock_release cannot read ports: the claim's key is
 /// in the socket's storage).
 #[cgroup_sock(sock_release)]
@@ -104,6 +118,8 @@ enum Verdict {
     NotChecked(Counter),
     /// Checked: no other socket holds the 4-tuple.
     Unique(Tuple),
+    /// Checked: the caller itself holds the 4-tuple already.
+    AlreadyHeld,
     /// Checked: another ESTABLISHED socket holds the 4-tuple.
     Conflict(Tuple),
 }
@@ -165,6 +181,10 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
             count(reason);
             ALLOW
         }
+        Verdict::AlreadyHeld => {
+            count(Counter::Checked);
+            ALLOW
+        }
         Verdict::Conflict(tuple) => {
             count(Counter::Checked);
             act_on_conflict::<SET_RETVAL>(ctx, &tuple)
@@ -172,10 +192,12 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
         Verdict::Unique(tuple) => {
             count(Counter::Checked);
             // No socket holds the tuple; a racer may be about to. The first claim wins.
-            // SAFETY: as in `decide`.
-            let held = || unsafe { held_by_another(ctx.sock_addr, &tuple) };
-            match claims::claim(ctx, &tuple.key(ctx), held) {
+            match claims::claim(ctx, &tuple.key(ctx)) {
                 claims::Claimed::Ours => ALLOW,
+                claims::Claimed::TakenOver => {
+                    count(Counter::StaleClaims);
+                    ALLOW
+                }
                 claims::Claimed::Lost => {
                     count(Counter::Raced);
                     act_on_conflict::<SET_RETVAL>(ctx, &tuple)
@@ -199,6 +221,11 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
             Ok(tuple) => tuple,
             Err(reason) => return Verdict::NotChecked(reason),
         };
+        // Re-connecting to the peer it already has changes nothing, even beside an older
+        // duplicate made before the guard.
+        if already_connected_to(sk, &tuple) {
+            return Verdict::AlreadyHeld;
+        }
         if held_by_another(ctx, &tuple) {
             Verdict::Conflict(tuple)
         } else {
@@ -213,18 +240,16 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
 unsafe fn held_by_another(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> bool {
     // SAFETY: as in `decide`.
     unsafe {
-        let sk = (*ctx).__bindgen_anon_1.sk;
-        // It returns the ESTABLISHED holder when there is one, else an unconnected socket.
+        // It returns the ESTABLISHED holder when there is one, else an unconnected socket
+        // (which receives only what no connected socket takes: no conflict). It cannot be the
+        // caller ESTABLISHED: that case returned earlier.
         let holder = lookup(ctx, tuple);
         if holder.is_null() {
             return false;
         }
         let holder_connected = load(&(*holder).state) == BPF_TCP_ESTABLISHED;
-        let holder_is_caller = holder == sk;
         bpf_sk_release(holder.cast());
-        // An unconnected socket receives only what no connected socket takes: no conflict.
-        // The caller itself is found when it re-connects to the peer it already has.
-        holder_connected && !holder_is_caller && !already_connected_to(sk, tuple)
+        holder_connected
     }
 }
 
@@ -354,8 +379,8 @@ unsafe fn lookup(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> *mut bpf_sock {
     }
 }
 
-/// True when the caller is already connected to this tuple's peer (from the same local
-/// address: it is its own): re-connecting changes nothing, even where an older duplicate exists.
+/// True when the caller is already connected to this tuple's peer (the local address is its
+/// own by construction).
 #[inline(always)]
 unsafe fn already_connected_to(sk: *mut bpf_sock, tuple: &Tuple) -> bool {
     // SAFETY: as in `decide`.

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Pin names inside an attachment directory: the links (named by `LoadedGuard::attach`)...
-const LINK_PINS: [&str; 3] = ["connect4", "connect6", "release"];
+const LINK_PINS: [&str; 4] = ["connect4", "connect6", "create", "release"];
 /// ... and the maps.
 const CONFIG_PIN: &str = "config";
 const COUNTERS_PIN: &str = "counters";

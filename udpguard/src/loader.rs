@@ -32,7 +32,7 @@ pub struct LoadedGuard {
 }
 
 /// The attached programs' links, not yet pinned, with the names to pin them under.
-pub type Links = [(&'static str, FdLink); 3];
+pub type Links = [(&'static str, FdLink); 4];
 
 impl LoadedGuard {
     /// Loads the programs that refuse with any errno, or, on a kernel without
@@ -58,13 +58,15 @@ impl LoadedGuard {
                 load_connect(&mut ebpf, name)?;
             }
         }
-        let release: &mut CgroupSock = program(&mut ebpf, program_names::RELEASE)?;
-        verified(program_names::RELEASE, release.load())?;
+        for name in [program_names::CREATE, program_names::RELEASE] {
+            let program: &mut CgroupSock = program(&mut ebpf, name)?;
+            verified(name, program.load())?;
+        }
         Ok(LoadedGuard { ebpf, set_retval })
     }
 
-    /// Attaches connect4, connect6 and sock_release to the cgroup and hands back the links,
-    /// not yet pinned.
+    /// Attaches connect4, connect6, sock_create and sock_release to the cgroup and hands back
+    /// the links, not yet pinned.
     pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Links> {
         let dir = File::open(&cgroup.path).map_err(crate::error::io(format!(
             "opening {}",
@@ -83,14 +85,22 @@ impl LoadedGuard {
         };
         let (v4, v6) = (connect(v4)?, connect(v6)?);
 
-        let release: &mut CgroupSock = program(&mut self.ebpf, program_names::RELEASE)?;
-        let id = release
-            .attach(&dir, CgroupAttachMode::Single)
-            .context("attaching release")?;
-        let release = FdLink::try_from(release.take_link(id).context("taking the link")?)
-            .context("not a link")?;
+        let mut sock = |name: &'static str| -> Result<FdLink> {
+            let program: &mut CgroupSock = program(&mut self.ebpf, name)?;
+            let id = program
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name}"))?;
+            let link = program.take_link(id).context("taking the link")?;
+            Ok(FdLink::try_from(link).context("not a link")?)
+        };
+        let (create, release) = (sock(program_names::CREATE)?, sock(program_names::RELEASE)?);
 
-        Ok([("connect4", v4), ("connect6", v6), ("release", release)])
+        Ok([
+            ("connect4", v4),
+            ("connect6", v6),
+            ("create", create),
+            ("release", release),
+        ])
     }
 }
 
@@ -134,13 +144,26 @@ fn verified(name: &'static str, loaded: Result<(), ProgramError>) -> Result<()> 
             Err(Error::VerifierRejected {
                 program: name,
                 cause: io_error,
-                log: verifier_log.to_string(),
+                log: log_tail(&verifier_log.to_string(), LOG_TAIL_LINES),
             })
         }
         Err(err) => Err(anyhow::Error::new(err)
             .context(format!("loading {name}"))
             .into()),
     }
+}
+
+/// How much of a verifier log an error shows: the reason is at its end.
+const LOG_TAIL_LINES: usize = 40;
+
+/// The last `lines` lines of a verifier log, saying how many were left out.
+fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    if all.len() <= lines {
+        return log.to_string();
+    }
+    let cut = all.len() - lines;
+    format!("[{cut} earlier lines left out]\n{}", all[cut..].join("\n"))
 }
 
 /// The verifier's words for a helper this kernel does not offer to the program type.
@@ -165,6 +188,17 @@ mod tests {
             "the eBPF object is not an ELF file"
         );
         assert_eq!(object_sha256(), object_sha256());
+    }
+
+    #[test]
+    fn shows_the_end_of_a_long_verifier_log() {
+        let log: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        let tail = log_tail(&log, 3);
+        assert_eq!(
+            tail,
+            "[97 earlier lines left out]\nline 98\nline 99\nline 100"
+        );
+        assert_eq!(log_tail("short\n", 3), "short\n");
     }
 
     #[test]

@@ -4,8 +4,8 @@ mod common;
 
 use common::Sandbox;
 
-/// What an attachment puts on its cgroup: connect4, connect6 and sock_release.
-const CGROUP_PROGRAMS: usize = 3;
+/// What an attachment puts on its cgroup: connect4, connect6, sock_create and sock_release.
+const CGROUP_PROGRAMS: usize = 4;
 
 /// The seed's two sockets: both bound to 127.0.0.1:4444 and connected to 127.0.0.1:1111.
 const SEED: &str = r#"

@@ -19,6 +19,16 @@ impl Deref for Sandbox {
     }
 }
 
+/// Fails the test with a clear message unless it runs as root: these tests load BPF.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test runs against the real kernel and needs root: `sudo scripts/test.sh`"
+    );
+}
+
 impl Sandbox {
     /// A fresh sandbox; fails the test with a clear message when not root.
     pub fn new(test: &str) -> Sandbox {

@@ -1,0 +1,129 @@
+//! The race (issue 6): concurrent connects of one tuple never both succeed, and the claims
+//! that ensure it never refuse the legitimate neighbours: a new socket taking a tuple its
+//! holder just closed, moved away from, or disconnected. Real kernel, root, own sandbox each.
+mod common;
+
+use common::Sandbox;
+
+#[test]
+fn racing_connects_never_both_succeed() {
+    common::require_root();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_udpguard-race"))
+        .args([
+            "--racers",
+            "4",
+            "--rounds",
+            "20000",
+            "--control-rounds",
+            "100",
+            "--json",
+        ])
+        .output()
+        .expect("running udpguard-race");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The control shows the hazard; the guard lets no duplicate through.
+    assert_eq!(report["without_guard"]["rounds_with_duplicates"], 100);
+    assert_eq!(report["with_guard"]["rounds_with_duplicates"], 0);
+    assert_eq!(report["with_guard"]["refused"], 3 * 20000);
+}
+
+#[test]
+fn close_then_reconnect_at_once_is_never_refused_and_claims_do_not_grow() {
+    let sb = Sandbox::new("churn");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        refused = 0
+        for i in range(20000):
+            s = udp(bind=("127.0.0.1", 4444))
+            if conn(s, P) != "ok":
+                refused += 1
+            s.close()
+        out(refused)
+        "#);
+    assert_eq!(got, ["0"]);
+    assert_eq!(sb.counter("checked"), 20000);
+    // Every claim was released on close: the map holds nothing after the churn.
+    assert_eq!(sb.status()["attachments"][0]["claims"], 0);
+}
+
+#[test]
+fn a_tuple_its_holder_moved_away_from_is_free_at_once() {
+    let sb = Sandbox::new("moveaway");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        refused = 0
+        for i in range(5000):
+            a = udp(bind=("127.0.0.1", 4444)); assert conn(a, P) == "ok"
+            assert conn(a, ("127.0.0.1", 2000 + i % 1000)) == "ok"
+            b = udp(bind=("127.0.0.1", 4444))
+            if conn(b, P) != "ok":
+                refused += 1
+            a.close(); b.close()
+        out(refused)
+        "#);
+    assert_eq!(got, ["0"]);
+    assert_eq!(sb.status()["attachments"][0]["claims"], 0);
+}
+
+#[test]
+fn a_tuple_its_holder_disconnected_from_is_free_for_a_new_socket() {
+    let sb = Sandbox::new("disconnect");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        refused = 0
+        for i in range(5000):
+            a = udp(bind=("127.0.0.1", 4444)); assert conn(a, P) == "ok"
+            assert disconnect(a) == "ok"
+            b = udp(bind=("127.0.0.1", 4444))
+            if conn(b, P) != "ok":
+                refused += 1
+            a.close(); b.close()
+        out(refused)
+        "#);
+    assert_eq!(got, ["0"]);
+    assert_eq!(sb.counter("rejected"), 0);
+}
+
+#[test]
+fn a_stale_claim_refuses_nobody() {
+    let sb = Sandbox::new("stale");
+    sb.attach(&[]);
+    // b exists before a claims the tuple, as a racer's socket would; once a has disconnected
+    // and the claim has aged past the freshness window, b connects.
+    let got = sb.py(r#"
+        b = udp(bind=("127.0.0.1", 4444))
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P)); out(disconnect(a))
+        time.sleep(0.05)
+        out(conn(b, P))
+        c = udp(bind=("127.0.0.1", 4444)); out(conn(c, P))
+        "#);
+    assert_eq!(got, ["ok", "ok", "ok", "EPERM"]);
+    assert_eq!(sb.counter("stale_claims"), 1);
+}
+
+#[test]
+fn claims_track_the_tuples_sockets_hold() {
+    let sb = Sandbox::new("claims");
+    sb.attach(&[]);
+    let got = sb.py(&format!(
+        r#"
+        import subprocess, json
+        held = [udp(bind=("127.0.0.1", 4444)) for _ in range(100)]
+        out(set(conn(s, ("127.0.0.2", 3000 + i)) for i, s in enumerate(held)))
+        status = json.loads(subprocess.run(["{udpguard}", "status", "--json"], capture_output=True).stdout)
+        out(status["attachments"][0]["claims"])
+        for s in held:
+            s.close()
+        "#,
+        udpguard = common::UDPGUARD
+    ));
+    // `ip netns exec` is not used here, so the CLI inside sees the sandbox's pins.
+    assert_eq!(got, ["{'ok'}", "100"]);
+    assert_eq!(sb.status()["attachments"][0]["claims"], 0);
+}
