@@ -7,4 +7,11 @@ bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo clippy --quiet -p udpguard -p udpguard-common --all-targets -- -D warnings
-cargo test --workspace --exclude udpguard-ebpf
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --exclude udpguard-ebpf 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo's own last line is often an empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
