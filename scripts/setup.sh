@@ -50,4 +50,14 @@ if ! awk '$3=="bpf"{f=1} END{exit !f}' /proc/self/mounts; then
   mount -t bpf bpf /sys/fs/bpf
 fi
 
+# The Python Prometheus client: the metrics tests parse udpguard's exposition with its parsers.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  say "installing the Python Prometheus client (prometheus-client)"
+  if ! python3 -m pip install --quiet prometheus-client 2>/dev/null; then
+    # Debian's own python3 refuses pip installs (PEP 668): use its package.
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client >/dev/null
+  fi
+fi
+
 say "ready"

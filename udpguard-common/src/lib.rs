@@ -18,6 +18,16 @@ pub mod map_names {
     /// LRU hash [`crate::ClaimKey`] -> [`crate::Claim`]: the tuples sockets in the cgroup hold
     /// or are about to hold.
     pub const CLAIMS: &str = "CLAIMS";
+    /// LPM trie: (netns cookie, IPv4 destination prefix) -> [`crate::Route4`], kept by the agent.
+    pub const ROUTES4: &str = "ROUTES4";
+    /// LPM trie: (netns cookie, IPv6 destination prefix) -> [`crate::Route6`].
+    pub const ROUTES6: &str = "ROUTES6";
+    /// Hash: netns cookie -> one of [`crate::netns_state`].
+    pub const NETNS: &str = "NETNS";
+    /// [`crate::AgentState`], one entry: the agent's heartbeat.
+    pub const AGENT: &str = "AGENT";
+    /// Ring buffer of [`crate::NetnsEvent`]s: a network namespace the agent does not know yet.
+    pub const NETNS_EVENTS: &str = "NETNS_EVENTS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -52,6 +62,14 @@ pub mod errno {
     pub const EADDRNOTAVAIL: u32 = 99;
 }
 
+/// What the guard does with a socket that binds its port at connect time (auto-bind).
+pub mod autobind {
+    /// Count it, change nothing.
+    pub const ALLOW: u32 = 0;
+    /// Clear its SO_REUSEADDR/SO_REUSEPORT so the kernel picks a port no other socket holds.
+    pub const UNIQUE: u32 = 1;
+}
+
 /// The guard's settings, in the one-entry `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,6 +78,87 @@ pub struct Config {
     pub mode: u32,
     /// One of [`errno`]; anything but EPERM needs the `bpf_set_retval` programs.
     pub errno: u32,
+    /// One of [`autobind`].
+    pub autobind: u32,
+    pub _reserved: u32,
+}
+
+/// How long the agent's heartbeat stays trusted: without it, route data may be stale, and a
+/// wildcard-bound connect is let through unchecked.
+pub const AGENT_TIMEOUT_NS: u64 = 3_000_000_000;
+
+/// The agent's liveness, in the one-entry `AGENT` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentState {
+    /// `CLOCK_MONOTONIC` nanoseconds of the last heartbeat; 0 when no agent runs.
+    pub heartbeat_ns: u64,
+}
+
+/// What the guard knows of a network namespace's routes, the values of the `NETNS` map.
+pub mod netns_state {
+    /// Reported to the agent, not loaded yet.
+    pub const PENDING: u32 = 1;
+    /// Its routes are mirrored: wildcard-bound connects are checked.
+    pub const READY: u32 = 2;
+    /// Its routing cannot be mirrored (policy rules, VRFs, ...): wildcard connects pass.
+    pub const UNMODELED: u32 = 3;
+}
+
+/// A route entry's prediction is exact: the kernel will choose `src` (flag in `Route*::flags`).
+pub const ROUTE_MODELED: u32 = 1;
+
+/// Where a wildcard-bound IPv4 socket's datagrams to a destination come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route4 {
+    /// The source address the kernel will pick, network order.
+    pub src: u32,
+    /// [`ROUTE_MODELED`] or 0 (unmodeled: multipath, broadcast, ...).
+    pub flags: u32,
+}
+
+/// The IPv6 counterpart of [`Route4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route6 {
+    pub src: [u32; 4],
+    pub flags: u32,
+}
+
+/// The data part of an IPv4 route key: netns cookie then address, matched as one bit string
+/// (a key's prefix length is 64 + the route's prefix length).
+pub const fn route_key4(netns_cookie: u64, addr: [u8; 4]) -> [u8; 12] {
+    let c = netns_cookie.to_be_bytes();
+    [
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// The data part of an IPv6 route key: netns cookie then address.
+pub const fn route_key6(netns_cookie: u64, addr: [u8; 16]) -> [u8; 24] {
+    let c = netns_cookie.to_be_bytes();
+    let mut key = [0u8; 24];
+    let mut i = 0;
+    while i < 8 {
+        key[i] = c[i];
+        i += 1;
+    }
+    while i < 24 {
+        key[i] = addr[i - 8];
+        i += 1;
+    }
+    key
+}
+
+/// A network namespace the kernel saw a wildcard-bound connect in, unknown to the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsEvent {
+    pub netns_cookie: u64,
+    /// The connecting process (thread group id in the upper 32 bits): its /proc/<pid>/ns/net
+    /// is the way into the namespace.
+    pub pid_tgid: u64,
 }
 
 /// One counter slot per outcome of the decision. The index is the slot in [`Counters::values`].
@@ -72,7 +171,8 @@ pub enum Counter {
     Rejected = 1,
     /// A conflict was let through and counted (audit mode).
     Audited = 2,
-    /// Not checked: bound to the wildcard address, source not chosen yet.
+    /// Not checked: bound to the wildcard address, and no live agent to predict the source
+    /// the kernel will choose.
     Wildcard = 3,
     /// Not checked: no local port yet, the kernel picks one after the hook.
     Autobind = 4,
@@ -86,11 +186,21 @@ pub enum Counter {
     /// Another socket's claim with no connected socket behind it (stale, or its socket
     /// disconnected or failed to connect): taken over, the connect allowed.
     StaleClaims = 8,
+    /// Not checked: bound to the wildcard address, in a network namespace the agent is still
+    /// loading (reported to it on the first such connect).
+    WildcardNewNetns = 9,
+    /// Not checked: bound to the wildcard address, where the route mirror cannot say for sure
+    /// which source the kernel will pick (policy rules, VRFs, multipath, SO_BINDTODEVICE,
+    /// marks, no route).
+    WildcardUnmodeled = 10,
+    /// Not checked: auto-bound, with its reuse flags cleared so its port is unshared
+    /// (`--autobind unique`).
+    AutobindUnique = 11,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 12] = [
         Counter::Checked,
         Counter::Rejected,
         Counter::Audited,
@@ -100,6 +210,9 @@ impl Counter {
         Counter::EventsLost,
         Counter::Raced,
         Counter::StaleClaims,
+        Counter::WildcardNewNetns,
+        Counter::WildcardUnmodeled,
+        Counter::AutobindUnique,
     ];
 
     /// The counter's name in `status` and metrics.
@@ -114,6 +227,9 @@ impl Counter {
             Counter::EventsLost => "events_lost",
             Counter::Raced => "raced",
             Counter::StaleClaims => "stale_claims",
+            Counter::WildcardNewNetns => "wildcard_new_netns",
+            Counter::WildcardUnmodeled => "wildcard_unmodeled",
+            Counter::AutobindUnique => "autobind_unique",
         }
     }
 
@@ -121,7 +237,12 @@ impl Counter {
     pub const fn is_not_checked_reason(self) -> bool {
         matches!(
             self,
-            Counter::Wildcard | Counter::Autobind | Counter::FamilyMismatch
+            Counter::Wildcard
+                | Counter::WildcardNewNetns
+                | Counter::WildcardUnmodeled
+                | Counter::Autobind
+                | Counter::AutobindUnique
+                | Counter::FamilyMismatch
         )
     }
 }
@@ -247,4 +368,37 @@ mod user {
     unsafe impl aya::Pod for super::ClaimKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Claim {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AgentState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Route4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Route6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetnsEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_keys_put_the_cookie_first_then_the_address() {
+        let key = route_key4(0x0102_0304_0506_0708, [127, 0, 0, 1]);
+        assert_eq!(key, [1, 2, 3, 4, 5, 6, 7, 8, 127, 0, 0, 1]);
+        let mut addr = [0u8; 16];
+        addr[15] = 1;
+        let key = route_key6(0x0102_0304_0506_0708, addr);
+        assert_eq!(key[..8], [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(key[8..], addr);
+    }
+
+    #[test]
+    fn every_counter_has_its_own_slot_and_name() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            assert!((*c as usize) < COUNTER_SLOTS);
+            assert_eq!(Counter::ALL.iter().filter(|o| o.name() == c.name()).count(), 1);
+        }
+    }
 }

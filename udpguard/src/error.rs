@@ -4,7 +4,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "udpguard needs root (or CAP_BPF + CAP_NET_ADMIN, or CAP_SYS_ADMIN) to {action}: run it with sudo"
+        "udpguard needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, or CAP_SYS_ADMIN) to {action}: run it with sudo"
     )]
     NotPrivileged { action: &'static str },
 

@@ -6,13 +6,18 @@
 //! - [`guard`]: the `attach` / `detach` verbs; [`status`]: the `status` report;
 //! - [`cgroup`], [`settings`], [`privilege`]: inputs and their checks;
 //! - [`scan`]: finding duplicates that already exist (no BPF);
+//! - [`events`]: live conflict events, their holders, flood summaries; [`metrics`]: the
+//!   Prometheus exposition of the pinned counters; [`agent`]: the `run` and `events` verbs;
 //! - [`sandbox`]: a throw-away cgroup + network namespace for tests, stress tools and benches.
+pub mod agent;
 pub mod attachment;
 pub mod bpffs;
 pub mod cgroup;
 pub mod error;
+pub mod events;
 pub mod guard;
 pub mod loader;
+pub mod metrics;
 pub mod privilege;
 pub mod sandbox;
 pub mod scan;

@@ -49,6 +49,12 @@ enum Command {
     },
     /// Find duplicate connected UDP 4-tuples that already exist (no BPF needed).
     Scan(udpguard::scan::ScanArgs),
+    /// The host agent: attach (or adopt), stream conflict events, serve /metrics, until SIGTERM.
+    Run(udpguard::agent::RunArgs),
+    /// Stream the conflict events of an existing attachment (changes nothing).
+    Events(udpguard::agent::EventsArgs),
+    /// Print the Prometheus metrics once, from the pinned counters (changes nothing).
+    Metrics,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +107,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Scan(args) => return ExitCode::from(udpguard::scan::run(&args) as u8),
+        Command::Run(args) => udpguard::agent::run(&args).map_err(Into::into),
+        Command::Events(args) => udpguard::agent::events(&args).map_err(Into::into),
+        Command::Metrics => udpguard::metrics::print(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -109,6 +109,7 @@ impl Settings {
         Config {
             mode: self.mode.raw(),
             errno: self.errno.raw(),
+            ..Config::default()
         }
     }
 

@@ -12,13 +12,14 @@
 //! 4. find the processes holding the sockets ([`procfs`]),
 //! 5. print a table or JSON ([`output`]); exit 0 (none), 1 (found) or 2 (error).
 
-mod group;
-mod netns;
+// `events` reuses these to name the holder of a conflicting tuple.
+pub(crate) mod group;
+pub(crate) mod netns;
 mod output;
-mod procfs;
+pub(crate) mod procfs;
 mod route;
-mod sock_diag;
-mod socket;
+pub(crate) mod sock_diag;
+pub(crate) mod socket;
 
 use std::collections::HashSet;
 use std::io::Write as _;

@@ -139,6 +139,66 @@ impl SockDiag {
         }
     }
 
+    /// Like [`Self::receiving_inode`], but the whole socket and its cookie: the
+    /// socket the kernel's receive lookup returns for `tuple`, which may be an
+    /// unconnected one bound to the local port (compare its tuple).
+    pub fn receiving_socket(
+        &mut self,
+        tuple: &FourTuple,
+        ifindex: u32,
+    ) -> Result<Option<CookiedSocket>, SockDiagError> {
+        let family = match tuple.lookup_family() {
+            Family::Ipv4 => AF_INET,
+            Family::Ipv6 => AF_INET6,
+        };
+        // The datagram's point of view, as in `receiving_inode`.
+        let id = SocketId {
+            source_port: tuple.remote.port(),
+            destination_port: tuple.local.port(),
+            source_address: tuple.remote.ip(),
+            destination_address: tuple.local.ip(),
+            interface_id: ifindex,
+            cookie: INET_DIAG_NOCOOKIE,
+        };
+        let mut found = None;
+        match self.exchange(udp_request(family, id), NLM_F_REQUEST, |header| {
+            found = cookied_socket_from(header);
+        }) {
+            Ok(()) => Ok(found),
+            Err(SockDiagError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every ESTABLISHED UDP socket on exactly `tuple`, with its cookie; for an
+    /// IPv4 tuple that includes `AF_INET6` sockets connected with v4-mapped
+    /// addresses. The kernel filters the dump by port; addresses are matched here.
+    pub fn connected_on(&mut self, tuple: &FourTuple) -> Result<Vec<CookiedSocket>, SockDiagError> {
+        let families: &[u8] = match tuple.lookup_family() {
+            Family::Ipv4 => &[AF_INET, AF_INET6],
+            Family::Ipv6 => &[AF_INET6],
+        };
+        let mut sockets = Vec::new();
+        for &family in families {
+            let mut id = empty_socket_id(family);
+            // In a dump request, "source" is the socket's own (local) end.
+            id.source_port = tuple.local.port();
+            id.destination_port = tuple.remote.port();
+            self.exchange(
+                udp_request(family, id),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                |header| {
+                    if let Some(found) = cookied_socket_from(header)
+                        && FourTuple::of(&found.socket) == *tuple
+                    {
+                        sockets.push(found);
+                    }
+                },
+            )?;
+        }
+        Ok(sockets)
+    }
+
     /// Sends one request and feeds every socket in the answer to `on_socket`,
     /// until the dump ends (`NLMSG_DONE`) or, for a non-dump request, the one
     /// answer or error has arrived.
@@ -214,6 +274,31 @@ impl SockDiag {
     }
 }
 
+/// A socket from a sock_diag answer with its cookie, the kernel's unique id for
+/// it (what `SO_COOKIE` and `bpf_get_socket_cookie` return).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookiedSocket {
+    /// The socket.
+    pub socket: ConnectedUdpSocket,
+    /// Its cookie.
+    pub cookie: u64,
+}
+
+/// Converts one answered socket, with its cookie.
+fn cookied_socket_from(header: &InetResponseHeader) -> Option<CookiedSocket> {
+    Some(CookiedSocket {
+        socket: connected_socket_from(header)?,
+        cookie: cookie_of(header.socket_id.cookie),
+    })
+}
+
+/// The cookie in an `inet_diag_sockid`: two host-order `u32` words, low word first.
+pub fn cookie_of(bytes: [u8; 8]) -> u64 {
+    let low = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let high = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    u64::from(high) << 32 | u64::from(low)
+}
+
 /// A UDP request for `family`, restricted to ESTABLISHED sockets.
 fn udp_request(family: u8, socket_id: SocketId) -> InetRequest {
     InetRequest {
@@ -267,6 +352,15 @@ fn socket_addr(ip: IpAddr, port: u16, ifindex: u32) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_words_are_host_order_low_first() {
+        let cookie = 0x0000_0001_0000_0352_u64;
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        bytes[4..].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        assert_eq!(cookie_of(bytes), cookie);
+    }
 
     #[test]
     fn link_local_gets_the_interface_as_scope() {

@@ -1,0 +1,296 @@
+//! The long-running verbs: `udpguard run`, the foreground host agent (what a systemd unit or a
+//! Kubernetes DaemonSet runs), and `udpguard events`, which follows an existing attachment.
+//!
+//! `run` attaches the guard if nothing is attached to the cgroup, and then detaches it on
+//! SIGINT/SIGTERM; or it adopts the attachment already there (applying `--mode`/`--errno` if
+//! given) and leaves it attached on exit. Either way it streams the conflict events to
+//! stdout, logs to stderr, and serves `/metrics` when given `--metrics-addr`.
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use axum::{
+    Router,
+    http::{StatusCode, header},
+    response::IntoResponse as _,
+    routing::get,
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+
+use crate::{
+    attachment, bpffs,
+    cgroup::Cgroup,
+    events,
+    guard::{self, AttachOutcome, AttachRequest},
+    metrics, privilege,
+    settings::{Errno, Mode},
+};
+
+/// How long the metrics server gets to finish its requests at exit.
+const SERVER_GRACE: Duration = Duration::from_secs(2);
+
+/// Arguments of `udpguard run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// cgroup v2 directory to guard [default: the cgroup v2 root]
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// enforce refuses conflicts, audit only counts them [default: enforce, or as attached]
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// errno a refused connect() fails with [default: eperm, or as attached]
+    #[arg(long)]
+    pub errno: Option<Errno>,
+    /// bytes of conflict-event ring buffer when attaching, a power of two >= 4096
+    /// [default: 262144]
+    #[arg(long, value_parser = parse_events_buffer)]
+    pub events_buffer: Option<u32>,
+    /// serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9108)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// print events as JSON, one object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `udpguard events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// the guarded cgroup v2 directory whose events to follow [default: the cgroup v2 root]
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// print events as JSON, one object per line
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A ring buffer's size must be a power of two and a whole number of pages.
+pub fn parse_events_buffer(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes.is_power_of_two() && bytes >= 4096 {
+        Ok(bytes)
+    } else {
+        Err("must be a power of two, at least 4096".into())
+    }
+}
+
+/// Sends logs to stderr; `RUST_LOG` filters them (default `info`). Under systemd (which sets
+/// `JOURNAL_STREAM`) the journal stamps lines itself, so they carry no time.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().try_init()
+    } else {
+        logs.try_init()
+    };
+}
+
+/// `udpguard run`.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    init_logging();
+    privilege::require("run the guard")?;
+    runtime()?.block_on(run_async(args))
+}
+
+/// `udpguard events`: follows an existing attachment; changes nothing.
+pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
+    init_logging();
+    privilege::require("read the conflict events")?;
+    let cgroup = Cgroup::open_or_root(args.cgroup.as_deref())?;
+    let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
+    if !dir.exists() {
+        bail!("{}", not_attached(&cgroup));
+    }
+    let json = args.json;
+    runtime()?.block_on(async move {
+        let shutdown = on_signal()?;
+        tracing::info!("following the conflict events of {}", cgroup.path.display());
+        events::stream(&dir, json, shutdown).await
+    })
+}
+
+/// What to say when `events` finds nothing attached to `cgroup`.
+fn not_attached(cgroup: &Cgroup) -> String {
+    let path = cgroup.path.display();
+    let mut message = format!(
+        "nothing is attached to {path}: attach the guard first \
+         (`udpguard attach --cgroup {path}`, or run the agent: `udpguard run --cgroup {path}`)"
+    );
+    let others: Vec<String> = crate::status::collect()
+        .attachments
+        .into_iter()
+        .filter_map(|a| a.cgroup)
+        .map(|p| p.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        message.push_str(&format!(
+            "; attached now: {} (pass one with --cgroup)",
+            others.join(", ")
+        ));
+    }
+    message
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// A receiver that turns true on the first SIGINT or SIGTERM.
+fn on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!("{name}: stopping");
+        let _ = stop.send(true);
+    });
+    Ok(stopped)
+}
+
+async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
+    // Signals first, so a SIGTERM during the attach is not lost; the listener before the
+    // attach, so a bad address changes nothing.
+    let shutdown = on_signal()?;
+    let listener = match &args.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .with_context(|| format!("cannot listen on {addr} for /metrics"))?,
+        ),
+        None => None,
+    };
+
+    let (cgroup, outcome, settings) = guard::attach(&AttachRequest {
+        cgroup: args.cgroup.as_deref(),
+        mode: args.mode,
+        errno: args.errno,
+        events_buffer: args.events_buffer,
+    })?;
+    let owned = outcome == AttachOutcome::Attached;
+    let path = cgroup.path.display().to_string();
+    let how = format!(
+        "mode {}, errno {}",
+        settings.mode.name(),
+        settings.errno.name()
+    );
+    match outcome {
+        AttachOutcome::Attached => {
+            tracing::info!("attached to {path} ({how}); detaching on exit")
+        }
+        AttachOutcome::Updated => {
+            tracing::info!("adopted the attachment to {path} ({how}); it stays attached on exit")
+        }
+        AttachOutcome::Replaced => tracing::info!(
+            "replaced the attachment to {path} (made by another build) with this build's \
+             programs ({how}); it stays attached on exit"
+        ),
+    }
+
+    let server = listener.map(|listener| serve_metrics(listener, shutdown.clone()));
+    let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
+    let streamed = events::stream(&dir, args.json, shutdown).await;
+    if let Some(server) = server {
+        // On an error the shutdown signal never came: stop the server at once.
+        server.stop(SERVER_GRACE, streamed.is_err()).await;
+    }
+    if owned {
+        match guard::detach(Some(&cgroup.path)) {
+            Ok(_) => tracing::info!("detached from {path}"),
+            Err(crate::error::Error::NotAttached { .. }) => {}
+            Err(err) => tracing::error!("detaching from {path}: {err}"),
+        }
+    } else {
+        tracing::info!("left the attachment to {path} in place");
+    }
+    streamed
+}
+
+/// The metrics server, running as a task until shutdown.
+struct MetricsServer {
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl MetricsServer {
+    /// Waits for the server to finish its requests after shutdown, at most `grace`; stops it
+    /// at once when `now`.
+    async fn stop(self, grace: Duration, now: bool) {
+        let mut task = self.task;
+        if now {
+            task.abort();
+        }
+        match tokio::time::timeout(grace, &mut task).await {
+            Ok(Ok(Err(err))) => tracing::error!("metrics server: {err}"),
+            Ok(_) => {}
+            Err(_) => task.abort(),
+        }
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown` turns true.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> MetricsServer {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    if let Some(addr) = local {
+        tracing::info!("serving metrics on http://{addr}/metrics");
+    }
+    let app = Router::new().route("/metrics", get(metrics_handler));
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    MetricsServer { task }
+}
+
+/// Reads the pinned counters now (on a blocking thread: they are syscalls and a cgroup walk).
+async fn metrics_handler() -> axum::response::Response {
+    let rendered = tokio::task::spawn_blocking(|| {
+        let scrape = metrics::scrape();
+        for problem in &scrape.unreadable {
+            tracing::warn!("{problem}");
+        }
+        metrics::render(&scrape.samples)
+    })
+    .await;
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the counters failed: {err}\n"),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_buffer_sizes() {
+        assert_eq!(parse_events_buffer("4096"), Ok(4096));
+        assert!(parse_events_buffer("4095").is_err());
+        assert!(parse_events_buffer("6144").is_err());
+        assert!(parse_events_buffer("2048").is_err());
+        assert!(parse_events_buffer("x").is_err());
+    }
+}

@@ -1,0 +1,295 @@
+//! Following an attachment's ring buffer: decode each event, let the flood gate decide, name
+//! the holder and the cgroup of the events shown, print them. Logs (lost events, a replaced
+//! or removed attachment) go to stderr through `tracing`.
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    net::SocketAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::watch};
+use udpguard_common::Counter;
+
+use super::{
+    flood::{FloodGate, Summary, WINDOW_NS},
+    format::Line,
+    holder::HolderFinder,
+    record::{Action, Conflict, EventRecord, SummaryRecord, boot_clock_ns},
+};
+use crate::{
+    attachment::{self, Attachment},
+    cgroup,
+};
+
+/// How often summaries are due, lost events are checked and the ring is drained anyway.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Events alike for the flood gate: same verdict on the same tuple in the same namespace.
+type FloodKey = (Action, Option<u32>, u64, SocketAddr, SocketAddr);
+
+/// Streams the events of the attachment pinned in `dir` to stdout until `shutdown` turns true
+/// (or its sender goes), stdout closes, or the attachment is removed (an error).
+pub async fn stream(
+    dir: &Path,
+    json: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut source = Source::open(dir)?;
+    let mut printer = Printer { json, open: true };
+    let mut gate: FloodGate<FloodKey, Conflict> = FloodGate::default();
+    let mut resolver = Some(Resolver::default());
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stopping = |shutdown: &watch::Receiver<bool>| *shutdown.borrow();
+
+    while printer.open && !stopping(&shutdown) {
+        let conflicts = tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() { break }
+                continue;
+            }
+            ready = source.ring.readable_mut() => {
+                let mut ready = ready.context("waiting for events")?;
+                let conflicts = drain(ready.get_inner_mut(), &mut source.undecodable);
+                ready.clear_ready();
+                conflicts
+            }
+            _ = tick.tick() => {
+                let summaries = gate.due(boot_clock_ns());
+                printer.summaries(&mut resolver, summaries).await;
+                source.check_lost();
+                if source.replaced()? {
+                    source = Source::open(dir)?;
+                }
+                // A wake-up can slip between the last read and clearing readiness: drain
+                // here too, so an event never waits longer than a tick.
+                drain(source.ring.get_mut(), &mut source.undecodable)
+            }
+        };
+        for conflict in conflicts {
+            if !printer.open {
+                break;
+            }
+            let now = conflict.boot_ns;
+            printer.summaries(&mut resolver, gate.due(now)).await;
+            if gate.admit(flood_key(&conflict), conflict.clone(), now) {
+                // When stopping, what was read is still printed, without the slow holder
+                // lookup, so that exit stays quick and no event read is dropped unseen.
+                let find_holder = !stopping(&shutdown);
+                let record = resolve(&mut resolver, move |r| {
+                    let cgroup = r.cgroups.path(conflict.cgroup_id);
+                    let holder = find_holder.then(|| r.holders.find(&conflict)).flatten();
+                    EventRecord::new(&conflict, cgroup, holder)
+                })
+                .await;
+                printer.print(&Line::Event(record));
+            }
+        }
+    }
+    let left = gate.drain(boot_clock_ns());
+    printer.summaries(&mut resolver, left).await;
+    Ok(())
+}
+
+fn flood_key(conflict: &Conflict) -> FloodKey {
+    (
+        conflict.action,
+        conflict.errno,
+        conflict.netns_cookie,
+        conflict.local,
+        conflict.remote,
+    )
+}
+
+/// Every event waiting in `ring`, decoded; counts those that do not decode.
+fn drain(ring: &mut RingBuf<MapData>, undecodable: &mut u64) -> Vec<Conflict> {
+    let mut conflicts = Vec::new();
+    while let Some(item) = ring.next() {
+        match Conflict::decode(&item) {
+            Some(conflict) => conflicts.push(conflict),
+            None => {
+                *undecodable += 1;
+                if *undecodable == 1 {
+                    tracing::warn!(
+                        "an event did not decode: is the attachment from another build?"
+                    );
+                }
+            }
+        }
+    }
+    conflicts
+}
+
+/// Runs `work` on the resolver on a blocking thread (it reads /proc and enters namespaces).
+async fn resolve<T: Send + 'static>(
+    resolver: &mut Option<Resolver>,
+    work: impl FnOnce(&mut Resolver) -> T + Send + 'static,
+) -> T {
+    let mut taken = resolver.take().unwrap_or_default();
+    let (back, value) = tokio::task::spawn_blocking(move || {
+        let value = work(&mut taken);
+        (taken, value)
+    })
+    .await
+    .expect("resolving an event does not panic");
+    *resolver = Some(back);
+    value
+}
+
+/// The ring buffer being read, and what tells whether it is still the attachment's.
+struct Source {
+    dir: PathBuf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    /// The attachment directory's inode: `attach` replacing the programs makes a new one.
+    dir_inode: u64,
+    attachment: Attachment,
+    lost: u64,
+    undecodable: u64,
+}
+
+impl Source {
+    fn open(dir: &Path) -> anyhow::Result<Source> {
+        let dir_inode = std::fs::metadata(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .ino();
+        let attachment = Attachment::open(dir)?;
+        if !attachment.matches_binary() {
+            tracing::warn!(
+                "the attachment in {} was made by another udpguard build: its events may not \
+                 decode (`udpguard attach` replaces it with this build's programs)",
+                dir.display()
+            );
+        }
+        let lost = attachment
+            .counters()
+            .map_or(0, |c| c.get(Counter::EventsLost));
+        let ring = attachment::open_events(dir)?;
+        // SAFETY: the ring buffer owns its map's descriptor and keeps it open, unchanged, for
+        // its whole life, which the AsyncFd now owns.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("watching the event ring buffer")?;
+        Ok(Source {
+            dir: dir.to_path_buf(),
+            ring,
+            dir_inode,
+            attachment,
+            lost,
+            undecodable: 0,
+        })
+    }
+
+    /// Says on stderr how many events the kernel dropped since the last check.
+    fn check_lost(&mut self) {
+        let Ok(counters) = self.attachment.counters() else {
+            return;
+        };
+        let lost = counters.get(Counter::EventsLost);
+        if lost > self.lost {
+            tracing::warn!(
+                "{} conflict events lost: the ring buffer was full (they are still counted; \
+                 a larger `udpguard attach --events-buffer` keeps more)",
+                lost - self.lost
+            );
+        }
+        self.lost = lost;
+    }
+
+    /// True when another attachment took this one's place (a new build replaced it); an
+    /// error when it was removed.
+    fn replaced(&self) -> anyhow::Result<bool> {
+        match std::fs::metadata(&self.dir) {
+            Ok(meta) if meta.ino() == self.dir_inode => Ok(false),
+            Ok(_) => {
+                tracing::info!(
+                    "the attachment in {} was replaced: following the new one",
+                    self.dir.display()
+                );
+                Ok(true)
+            }
+            Err(_) => bail!(
+                "the attachment in {} was removed (`udpguard detach`?): no more events",
+                self.dir.display()
+            ),
+        }
+    }
+}
+
+/// Writes lines to stdout; stops quietly when stdout goes away (`udpguard events | head`).
+struct Printer {
+    json: bool,
+    open: bool,
+}
+
+impl Printer {
+    fn print(&mut self, line: &Line) {
+        if !self.open {
+            return;
+        }
+        let mut stdout = std::io::stdout().lock();
+        let written = writeln!(stdout, "{}", line.render(self.json)).and_then(|()| stdout.flush());
+        if written.is_err() {
+            self.open = false;
+        }
+    }
+
+    async fn summaries(&mut self, resolver: &mut Option<Resolver>, due: Vec<Summary<Conflict>>) {
+        if due.is_empty() {
+            return;
+        }
+        let records = resolve(resolver, move |r| {
+            due.into_iter()
+                .map(|s| {
+                    let cgroup = r.cgroups.path(s.last.cgroup_id);
+                    SummaryRecord::new(
+                        &s.last,
+                        cgroup,
+                        s.suppressed,
+                        WINDOW_NS / 1_000_000_000,
+                        s.end_ns,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for record in records {
+            self.print(&Line::Summary(record));
+        }
+    }
+}
+
+/// Names holders and cgroups; both lookups are slow, so it keeps what it learns.
+#[derive(Default)]
+struct Resolver {
+    holders: HolderFinder,
+    cgroups: CgroupNames,
+}
+
+/// cgroup id -> path, remembered while the path still has that id.
+#[derive(Default)]
+struct CgroupNames {
+    root: Option<PathBuf>,
+    known: HashMap<u64, PathBuf>,
+}
+
+impl CgroupNames {
+    fn path(&mut self, id: u64) -> Option<PathBuf> {
+        if let Some(path) = self.known.get(&id) {
+            if std::fs::metadata(path).is_ok_and(|m| m.ino() == id) {
+                return Some(path.clone());
+            }
+            self.known.remove(&id);
+        }
+        if self.root.is_none() {
+            self.root = cgroup::root().ok();
+        }
+        let path = cgroup::path_of_id(self.root.as_deref()?, id)?;
+        self.known.insert(id, path.clone());
+        Some(path)
+    }
+}
