@@ -398,7 +398,10 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
             assert!((*c as usize) < COUNTER_SLOTS);
-            assert_eq!(Counter::ALL.iter().filter(|o| o.name() == c.name()).count(), 1);
+            assert_eq!(
+                Counter::ALL.iter().filter(|o| o.name() == c.name()).count(),
+                1
+            );
         }
     }
 }
