@@ -15,6 +15,7 @@
 #![allow(internal_features)]
 
 mod claims;
+mod routes;
 
 use core::{mem::size_of, ptr};
 
@@ -27,8 +28,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
-            bpf_ktime_get_boot_ns, bpf_set_retval, bpf_sk_lookup_udp, bpf_sk_release,
+            bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt,
+            bpf_ktime_get_boot_ns, bpf_set_retval, bpf_setsockopt, bpf_sk_lookup_udp,
+            bpf_sk_release,
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map},
@@ -36,7 +38,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use udpguard_common::{
-    AttachMeta, ClaimKey, Config, ConflictEvent, Counter, Counters, action, errno, mode,
+    AttachMeta, ClaimKey, Config, ConflictEvent, Counter, Counters, action, autobind, errno, mode,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -46,6 +48,9 @@ const REFUSE: i32 = 0;
 const AF_INET: u32 = 2;
 const SOCK_DGRAM: u32 = 2;
 const IPPROTO_UDP: u32 = 17;
+const SOL_SOCKET: i32 = 1;
+const SO_REUSEADDR: i32 = 2;
+const SO_REUSEPORT: i32 = 15;
 /// `::ffff:0:0/96`: the third word of a v4-mapped IPv6 address, as it lies in memory.
 const V4_MAPPED_WORD: u32 = 0x0000_ffff_u32.to_be();
 
@@ -116,6 +121,8 @@ enum Verdict {
     NotUdp,
     /// A UDP connect that could not be checked, and why.
     NotChecked(Counter),
+    /// The socket gets its port from this connect (auto-bind): see [`autobind`].
+    Autobind,
     /// Checked: no other socket holds the 4-tuple.
     Unique(Tuple),
     /// Checked: the caller itself holds the 4-tuple already.
@@ -181,6 +188,10 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
             count(reason);
             ALLOW
         }
+        Verdict::Autobind => {
+            count(autobind(ctx));
+            ALLOW
+        }
         Verdict::AlreadyHeld => {
             count(Counter::Checked);
             ALLOW
@@ -219,6 +230,7 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
         let sk = (*ctx).__bindgen_anon_1.sk;
         let tuple = match tuple_after_connect(ctx, sk, hook) {
             Ok(tuple) => tuple,
+            Err(Counter::Autobind) => return Verdict::Autobind,
             Err(reason) => return Verdict::NotChecked(reason),
         };
         // Re-connecting to the peer it already has changes nothing, even beside an older
@@ -270,28 +282,32 @@ unsafe fn tuple_after_connect(
         // `user_port` holds the port in network order in its low 16 bits.
         let peer_port = load(&(*ctx).user_port) as u16;
         match hook {
-            Hook::Connect4 => Ok(Tuple::V4 {
-                local: local_ip4(sk, load(&(*ctx).family))?,
-                peer: load(&(*ctx).user_ip4),
-                local_port,
-                peer_port,
-            }),
+            Hook::Connect4 => {
+                let peer = load(&(*ctx).user_ip4);
+                Ok(Tuple::V4 {
+                    local: local_ip4(ctx, sk, peer)?,
+                    peer,
+                    local_port,
+                    peer_port,
+                })
+            }
             Hook::Connect6 => {
                 let peer = load_ip6(&(*ctx).user_ip6);
                 if is_v4_mapped(&peer) {
                     // A v4-mapped peer: the datagrams are IPv4, so the holder may be an AF_INET
                     // socket as well as a mapped AF_INET6 one; an IPv4 lookup finds both.
                     return Ok(Tuple::V4 {
-                        local: local_ip4(sk, load(&(*ctx).family))?,
+                        local: local_ip4(ctx, sk, peer[3])?,
                         peer: peer[3],
                         local_port,
                         peer_port,
                     });
                 }
-                let local = load_ip6(&(*sk).src_ip6);
-                // Bound to `::`: the source is chosen after this hook, from the routes.
+                let mut local = load_ip6(&(*sk).src_ip6);
+                // Bound to `::`: the kernel picks the source after this hook, from the routes.
                 if local == [0; 4] {
-                    return Err(Counter::Wildcard);
+                    wildcard_predictable(sk)?;
+                    local = routes::source6(netns_cookie(ctx), &peer)?;
                 }
                 // Bound to a v4-mapped address, connecting to an IPv6 peer: the kernel refuses.
                 if is_v4_mapped(&local) {
@@ -308,12 +324,12 @@ unsafe fn tuple_after_connect(
     }
 }
 
-/// The socket's local IPv4 address, for a connect to an IPv4 peer.
+/// The socket's local IPv4 address after a connect to an IPv4 `peer`.
 #[inline(always)]
-unsafe fn local_ip4(sk: *mut bpf_sock, family: u32) -> Result<u32, Counter> {
+unsafe fn local_ip4(ctx: *mut bpf_sock_addr, sk: *mut bpf_sock, peer: u32) -> Result<u32, Counter> {
     // SAFETY: as in `decide`.
     unsafe {
-        let local = if family == AF_INET {
+        let local = if load(&(*ctx).family) == AF_INET {
             load(&(*sk).src_ip4)
         } else {
             // An AF_INET6 socket: `src_ip4` holds a placeholder unless the bound address is
@@ -325,12 +341,58 @@ unsafe fn local_ip4(sk: *mut bpf_sock, family: u32) -> Result<u32, Counter> {
             }
             local6[3]
         };
-        // Bound to 0.0.0.0 (or `::`): the source is chosen after this hook, from the routes.
+        // Bound to 0.0.0.0 (or `::`): the kernel picks the source after this hook, from the
+        // routes, as the agent's mirror predicts.
         if local == 0 {
-            return Err(Counter::Wildcard);
+            wildcard_predictable(sk)?;
+            return routes::source4(netns_cookie(ctx), peer);
         }
         Ok(local)
     }
+}
+
+/// A device-bound or marked socket's route can differ from the namespace's plain routes.
+#[inline(always)]
+unsafe fn wildcard_predictable(sk: *mut bpf_sock) -> Result<(), Counter> {
+    // SAFETY: as in `decide`.
+    unsafe {
+        if load(&(*sk).bound_dev_if) != 0 || load(&(*sk).mark) != 0 {
+            return Err(Counter::WildcardUnmodeled);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn netns_cookie(ctx: *mut bpf_sock_addr) -> u64 {
+    // SAFETY: a plain helper call on the program's own context.
+    unsafe { bpf_get_netns_cookie(ctx.cast()) }
+}
+
+/// With `--autobind unique`, clears an auto-binding socket's SO_REUSEADDR and SO_REUSEPORT so
+/// the kernel's auto-bind picks a port no other socket holds (the application reads 0 for them
+/// afterwards). Returns the reason the connect is not checked.
+#[inline(always)]
+fn autobind(ctx: &SockAddrContext) -> Counter {
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    if config.autobind != autobind::UNIQUE {
+        return Counter::Autobind;
+    }
+    for option in [SO_REUSEADDR, SO_REUSEPORT] {
+        let mut value: i32 = 0;
+        let size = size_of::<i32>() as i32;
+        // SAFETY: the option value lives on our stack for the calls.
+        unsafe {
+            let ctx = ctx.sock_addr.cast();
+            let on = bpf_getsockopt(ctx, SOL_SOCKET, option, (&raw mut value).cast(), size) == 0
+                && value != 0;
+            if on {
+                value = 0;
+                bpf_setsockopt(ctx, SOL_SOCKET, option, (&raw mut value).cast(), size);
+            }
+        }
+    }
+    Counter::AutobindUnique
 }
 
 /// `bpf_sk_lookup_udp` with the tuple reversed (a datagram from the peer), current netns.

@@ -25,7 +25,6 @@ use crate::{
     events,
     guard::{self, AttachOutcome, AttachRequest},
     metrics, privilege,
-    settings::{Errno, Mode},
 };
 
 /// How long the metrics server gets to finish its requests at exit.
@@ -34,19 +33,8 @@ const SERVER_GRACE: Duration = Duration::from_secs(2);
 /// Arguments of `udpguard run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// cgroup v2 directory to guard [default: the cgroup v2 root]
-    #[arg(long)]
-    pub cgroup: Option<PathBuf>,
-    /// enforce refuses conflicts, audit only counts them [default: enforce, or as attached]
-    #[arg(long)]
-    pub mode: Option<Mode>,
-    /// errno a refused connect() fails with [default: eperm, or as attached]
-    #[arg(long)]
-    pub errno: Option<Errno>,
-    /// bytes of conflict-event ring buffer when attaching, a power of two >= 4096
-    /// [default: 262144]
-    #[arg(long, value_parser = parse_events_buffer)]
-    pub events_buffer: Option<u32>,
+    #[command(flatten)]
+    pub attach: AttachRequest,
     /// serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9108)
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
@@ -64,16 +52,6 @@ pub struct EventsArgs {
     /// print events as JSON, one object per line
     #[arg(long)]
     pub json: bool,
-}
-
-/// A ring buffer's size must be a power of two and a whole number of pages.
-pub fn parse_events_buffer(text: &str) -> Result<u32, String> {
-    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
-    if bytes.is_power_of_two() && bytes >= 4096 {
-        Ok(bytes)
-    } else {
-        Err("must be a power of two, at least 4096".into())
-    }
 }
 
 /// Sends logs to stderr; `RUST_LOG` filters them (default `info`). Under systemd (which sets
@@ -175,12 +153,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (cgroup, outcome, settings) = guard::attach(&AttachRequest {
-        cgroup: args.cgroup.as_deref(),
-        mode: args.mode,
-        errno: args.errno,
-        events_buffer: args.events_buffer,
-    })?;
+    let (cgroup, outcome, settings) = guard::attach(&args.attach)?;
     let owned = outcome == AttachOutcome::Attached;
     let path = cgroup.path.display().to_string();
     let how = format!(
@@ -278,19 +251,5 @@ async fn metrics_handler() -> axum::response::Response {
             format!("reading the counters failed: {err}\n"),
         )
             .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_buffer_sizes() {
-        assert_eq!(parse_events_buffer("4096"), Ok(4096));
-        assert!(parse_events_buffer("4095").is_err());
-        assert!(parse_events_buffer("6144").is_err());
-        assert!(parse_events_buffer("2048").is_err());
-        assert!(parse_events_buffer("x").is_err());
     }
 }

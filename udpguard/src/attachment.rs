@@ -32,6 +32,12 @@ const COUNTERS_PIN: &str = "counters";
 const META_PIN: &str = "meta";
 const EVENTS_PIN: &str = "events";
 const CLAIMS_PIN: &str = "claims";
+/// The route mirror's maps, kept by the agent (`udpguard run`).
+pub const ROUTES4_PIN: &str = "routes4";
+pub const ROUTES6_PIN: &str = "routes6";
+pub const NETNS_PIN: &str = "netns";
+pub const AGENT_PIN: &str = "agent";
+pub const NETNS_EVENTS_PIN: &str = "netns_events";
 /// Prefixes of directories being built or torn down; never read as attachments.
 /// (bpffs refuses names with a dot, so these are not hidden files.)
 const BUILDING: &str = "building-";
@@ -123,6 +129,11 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
         (map_names::META, META_PIN),
         (map_names::EVENTS, EVENTS_PIN),
         (map_names::CLAIMS, CLAIMS_PIN),
+        (map_names::ROUTES4, ROUTES4_PIN),
+        (map_names::ROUTES6, ROUTES6_PIN),
+        (map_names::NETNS, NETNS_PIN),
+        (map_names::AGENT, AGENT_PIN),
+        (map_names::NETNS_EVENTS, NETNS_EVENTS_PIN),
     ] {
         let map = guard
             .ebpf

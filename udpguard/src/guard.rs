@@ -1,5 +1,5 @@
 //! The verbs that change the guard: attach and detach.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::{
     attachment::{self, Attachment},
@@ -7,7 +7,7 @@ use crate::{
     cgroup::Cgroup,
     error::{Error, Result},
     privilege,
-    settings::{Errno, Mode, Settings},
+    settings::{Autobind, Errno, Mode, Settings},
 };
 
 /// What `attach` did.
@@ -24,30 +24,51 @@ pub enum AttachOutcome {
 /// The ring buffer's default size: room for about 2,500 conflict events between two reads.
 pub const DEFAULT_EVENTS_BUFFER: u32 = 256 * 1024;
 
-/// What `attach` was asked for; `None` keeps the current value (or the default).
-#[derive(Clone, Debug, Default)]
-pub struct AttachRequest<'a> {
-    /// The cgroup to guard; `None` for the cgroup v2 root.
-    pub cgroup: Option<&'a Path>,
+/// What `attach` (and `run`) are asked for; `None` keeps the current value (or the default).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct AttachRequest {
+    /// cgroup v2 directory to guard [default: the cgroup v2 root]
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// enforce refuses conflicts, audit only counts them [default: enforce, or as attached]
+    #[arg(long)]
     pub mode: Option<Mode>,
+    /// errno a refused connect() fails with [default: eperm, or as attached]
+    #[arg(long)]
     pub errno: Option<Errno>,
-    /// Bytes in the event ring buffer (a power of two, at least a page); used when the
-    /// programs are loaded, not when an attachment is updated in place.
+    /// sockets that get their port at connect (auto-bind): allow counts them, unique clears
+    /// their SO_REUSEADDR/SO_REUSEPORT so the port is unshared [default: allow, or as attached]
+    #[arg(long)]
+    pub autobind: Option<Autobind>,
+    /// bytes of conflict-event ring buffer when the programs are loaded, a power of two
+    /// >= 4096 [default: 262144]
+    #[arg(long, value_parser = parse_events_buffer)]
     pub events_buffer: Option<u32>,
+}
+
+/// A ring buffer's size must be a power of two and a whole number of pages.
+pub fn parse_events_buffer(text: &str) -> std::result::Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes.is_power_of_two() && bytes >= 4096 {
+        Ok(bytes)
+    } else {
+        Err("must be a power of two, at least 4096".into())
+    }
 }
 
 /// Attaches the guard to a cgroup, or updates it in place.
 /// Returns the cgroup, what was done, and the settings now in force.
-pub fn attach(request: &AttachRequest<'_>) -> Result<(Cgroup, AttachOutcome, Settings)> {
+pub fn attach(request: &AttachRequest) -> Result<(Cgroup, AttachOutcome, Settings)> {
     let AttachRequest {
-        cgroup,
+        ref cgroup,
         mode,
         errno,
+        autobind,
         events_buffer,
     } = *request;
     let events_buffer = events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
     privilege::require("attach")?;
-    let cgroup = Cgroup::open_or_root(cgroup)?;
+    let cgroup = Cgroup::open_or_root(cgroup.as_deref())?;
     let root = bpffs::ensure_pin_root()?;
     let _lock = PinLock::acquire(&root)?;
     attachment::remove_leftovers(&root)?;
@@ -56,7 +77,7 @@ pub fn attach(request: &AttachRequest<'_>) -> Result<(Cgroup, AttachOutcome, Set
     let existing = dir.exists().then(|| Attachment::open(&dir));
     match existing {
         Some(Ok(mut current)) if current.matches_binary() => {
-            let settings = current.settings()?.with(mode, errno);
+            let settings = current.settings()?.with(mode, errno, autobind);
             if settings.errno.needs_set_retval() && current.meta.set_retval == 0 {
                 return Err(Error::NoSetRetval);
             }
@@ -66,12 +87,12 @@ pub fn attach(request: &AttachRequest<'_>) -> Result<(Cgroup, AttachOutcome, Set
         Some(current) => {
             // Keep what the old attachment was set to, unless told otherwise.
             let old = current.and_then(|a| a.settings()).unwrap_or_default();
-            let settings = old.with(mode, errno);
+            let settings = old.with(mode, errno, autobind);
             attachment::create(&root, &cgroup, settings, events_buffer, Some(&dir))?;
             Ok((cgroup, AttachOutcome::Replaced, settings))
         }
         None => {
-            let settings = Settings::default().with(mode, errno);
+            let settings = Settings::default().with(mode, errno, autobind);
             attachment::create(&root, &cgroup, settings, events_buffer, None)?;
             Ok((cgroup, AttachOutcome::Attached, settings))
         }
@@ -109,4 +130,18 @@ pub fn detach_all() -> Result<Vec<std::path::PathBuf>> {
         removed.push(dir);
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_buffer_sizes() {
+        assert_eq!(parse_events_buffer("4096"), Ok(4096));
+        assert!(parse_events_buffer("4095").is_err());
+        assert!(parse_events_buffer("6144").is_err());
+        assert!(parse_events_buffer("2048").is_err());
+        assert!(parse_events_buffer("x").is_err());
+    }
 }

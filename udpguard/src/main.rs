@@ -3,7 +3,6 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use udpguard::{
     guard::{self, AttachOutcome, AttachRequest},
-    settings::{Errno, Mode},
     status,
 };
 
@@ -18,20 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach the guard to a cgroup (again: apply mode/errno in place). It stays after exit.
-    Attach {
-        /// cgroup v2 directory to guard [default: the cgroup v2 root]
-        #[arg(long)]
-        cgroup: Option<PathBuf>,
-        /// enforce refuses conflicts, audit only counts them [default: enforce, or as attached]
-        #[arg(long)]
-        mode: Option<Mode>,
-        /// errno a refused connect() fails with [default: eperm, or as attached]
-        #[arg(long)]
-        errno: Option<Errno>,
-        /// bytes of conflict-event ring buffer, a power of two >= 4096 [default: 262144]
-        #[arg(long, value_parser = parse_events_buffer)]
-        events_buffer: Option<u32>,
-    },
+    Attach(AttachRequest),
     /// Detach the guard and remove its pins.
     Detach {
         /// cgroup v2 directory to stop guarding [default: the cgroup v2 root]
@@ -60,28 +46,18 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Attach {
-            cgroup,
-            mode,
-            errno,
-            events_buffer,
-        } => guard::attach(&AttachRequest {
-            cgroup: cgroup.as_deref(),
-            mode,
-            errno,
-            events_buffer,
-        })
-        .map(|(cgroup, outcome, settings)| {
+        Command::Attach(request) => guard::attach(&request).map(|(cgroup, outcome, settings)| {
             let what = match outcome {
                 AttachOutcome::Attached => "attached to",
                 AttachOutcome::Updated => "updated on",
                 AttachOutcome::Replaced => "replaced (older build) on",
             };
             println!(
-                "udpguard {what} {} (mode {}, errno {})",
+                "udpguard {what} {} (mode {}, errno {}, autobind {})",
                 cgroup.path.display(),
                 settings.mode.name(),
-                settings.errno.name()
+                settings.errno.name(),
+                settings.autobind.name()
             );
         }),
         Command::Detach { cgroup, all: false } => guard::detach(cgroup.as_deref())
@@ -117,15 +93,5 @@ fn main() -> ExitCode {
             eprintln!("udpguard: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A ring buffer's size must be a power of two and a whole number of pages.
-fn parse_events_buffer(text: &str) -> Result<u32, String> {
-    let bytes: u32 = text.parse().map_err(|e| format!("{e}"))?;
-    if bytes.is_power_of_two() && bytes >= 4096 {
-        Ok(bytes)
-    } else {
-        Err("must be a power of two, at least 4096".into())
     }
 }

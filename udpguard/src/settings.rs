@@ -1,6 +1,6 @@
 //! The guard's settings as the user names them: mode and errno.
 use serde::Serialize;
-use udpguard_common::{Config, errno, mode};
+use udpguard_common::{Config, autobind, errno, mode};
 
 /// What to do with a conflicting `connect()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -80,11 +80,47 @@ impl Errno {
     }
 }
 
-/// Mode and errno together, as the kernel programs read them.
+/// What to do with a socket that gets its port at connect time (auto-bind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Autobind {
+    /// Let it through unchanged, counted as not checked.
+    Allow,
+    /// Clear its SO_REUSEADDR/SO_REUSEPORT first, so the kernel picks a port no other socket
+    /// holds (the application then reads 0 for those options).
+    Unique,
+}
+
+impl Autobind {
+    pub const fn raw(self) -> u32 {
+        match self {
+            Autobind::Allow => autobind::ALLOW,
+            Autobind::Unique => autobind::UNIQUE,
+        }
+    }
+
+    pub const fn from_raw(raw: u32) -> Option<Autobind> {
+        match raw {
+            autobind::ALLOW => Some(Autobind::Allow),
+            autobind::UNIQUE => Some(Autobind::Unique),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Autobind::Allow => "allow",
+            Autobind::Unique => "unique",
+        }
+    }
+}
+
+/// Mode, errno and auto-bind policy together, as the kernel programs read them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub mode: Mode,
     pub errno: Errno,
+    pub autobind: Autobind,
 }
 
 impl Default for Settings {
@@ -92,16 +128,23 @@ impl Default for Settings {
         Settings {
             mode: Mode::Enforce,
             errno: Errno::Eperm,
+            autobind: Autobind::Allow,
         }
     }
 }
 
 impl Settings {
     /// These settings with whatever the user gave on the command line.
-    pub fn with(self, mode: Option<Mode>, errno: Option<Errno>) -> Settings {
+    pub fn with(
+        self,
+        mode: Option<Mode>,
+        errno: Option<Errno>,
+        autobind: Option<Autobind>,
+    ) -> Settings {
         Settings {
             mode: mode.unwrap_or(self.mode),
             errno: errno.unwrap_or(self.errno),
+            autobind: autobind.unwrap_or(self.autobind),
         }
     }
 
@@ -109,15 +152,18 @@ impl Settings {
         Config {
             mode: self.mode.raw(),
             errno: self.errno.raw(),
+            autobind: self.autobind.raw(),
             ..Config::default()
         }
     }
 
     /// The settings a config map holds; unknown values read as the defaults.
     pub fn from_config(config: Config) -> Settings {
+        let default = Settings::default();
         Settings {
-            mode: Mode::from_raw(config.mode).unwrap_or(Mode::Enforce),
-            errno: Errno::from_raw(config.errno).unwrap_or(Errno::Eperm),
+            mode: Mode::from_raw(config.mode).unwrap_or(default.mode),
+            errno: Errno::from_raw(config.errno).unwrap_or(default.errno),
+            autobind: Autobind::from_raw(config.autobind).unwrap_or(default.autobind),
         }
     }
 }
@@ -130,8 +176,14 @@ mod tests {
     fn config_round_trips() {
         for mode in [Mode::Enforce, Mode::Audit] {
             for errno in [Errno::Eperm, Errno::Eaddrinuse, Errno::Eaddrnotavail] {
-                let settings = Settings { mode, errno };
-                assert_eq!(Settings::from_config(settings.to_config()), settings);
+                for autobind in [Autobind::Allow, Autobind::Unique] {
+                    let settings = Settings {
+                        mode,
+                        errno,
+                        autobind,
+                    };
+                    assert_eq!(Settings::from_config(settings.to_config()), settings);
+                }
             }
         }
     }
@@ -141,10 +193,18 @@ mod tests {
         let old = Settings {
             mode: Mode::Audit,
             errno: Errno::Eaddrinuse,
+            autobind: Autobind::Unique,
         };
-        assert_eq!(old.with(None, None), old);
-        assert_eq!(old.with(Some(Mode::Enforce), None).errno, Errno::Eaddrinuse);
-        assert_eq!(old.with(None, Some(Errno::Eperm)).mode, Mode::Audit);
+        assert_eq!(old.with(None, None, None), old);
+        assert_eq!(
+            old.with(Some(Mode::Enforce), None, None).errno,
+            Errno::Eaddrinuse
+        );
+        assert_eq!(old.with(None, Some(Errno::Eperm), None).mode, Mode::Audit);
+        assert_eq!(
+            old.with(None, None, Some(Autobind::Allow)).mode,
+            Mode::Audit
+        );
     }
 
     #[test]

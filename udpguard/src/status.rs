@@ -27,6 +27,8 @@ pub struct AttachmentStatus {
     pub mode: Option<&'static str>,
     /// "EPERM", "EADDRINUSE" or "EADDRNOTAVAIL".
     pub errno: Option<&'static str>,
+    /// "allow" or "unique": what happens to sockets auto-bound at connect.
+    pub autobind: Option<&'static str>,
     pub programs: Programs,
     /// Whether the pinned programs were loaded from this binary's eBPF object.
     pub matches_binary: bool,
@@ -69,6 +71,7 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
         pin_dir,
         mode: None,
         errno: None,
+        autobind: None,
         programs: Programs {
             connect4: None,
             connect6: None,
@@ -89,6 +92,7 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
             let [connect4, connect6] = attachment.program_ids();
             status.mode = Some(settings.mode.name());
             status.errno = Some(settings.errno.name());
+            status.autobind = Some(settings.autobind.name());
             status.programs = Programs { connect4, connect6 };
             status.matches_binary = attachment.matches_binary();
             status.attached_at = Some(attachment.meta.attached_at);
@@ -127,9 +131,10 @@ impl Status {
             let id = |id: Option<u32>| id.map_or_else(|| "gone".to_string(), |id| format!("#{id}"));
             let _ = writeln!(
                 out,
-                "  mode {}, errno {}, programs connect4 {} connect6 {}, {}",
+                "  mode {}, errno {}, autobind {}, programs connect4 {} connect6 {}, {}",
                 a.mode.unwrap_or("?"),
                 a.errno.unwrap_or("?"),
+                a.autobind.unwrap_or("?"),
                 id(a.programs.connect4),
                 id(a.programs.connect6),
                 if a.matches_binary {

@@ -450,3 +450,37 @@ fn bad_input_gets_a_message_that_says_what_to_do() {
     assert!(err.contains("needs root"), "{err}");
     assert!(sb.status()["attachments"].as_array().unwrap().is_empty());
 }
+
+/// 300 auto-bound SO_REUSEADDR sockets connecting to one peer; prints how many local ports
+/// ended up shared by two or more of them.
+const AUTOBIND_300: &str = r#"
+    import collections
+    socks = [udp() for _ in range(300)]
+    results = set(conn(s, P) for s in socks)
+    ports = collections.Counter(s.getsockname()[1] for s in socks)
+    out(results, sum(1 for n in ports.values() if n > 1))
+    out(socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
+"#;
+
+#[test]
+fn autobind_unique_gives_every_auto_bound_socket_its_own_port() {
+    let sb = Sandbox::new("autobind-unique");
+    sb.attach(&["--autobind", "unique"]);
+    assert_eq!(sb.status()["attachments"][0]["autobind"], "unique");
+    let got = sb.py(AUTOBIND_300);
+    // No shared port; the side effect: the application reads SO_REUSEADDR as 0.
+    assert_eq!(got, ["{'ok'} 0", "0"]);
+    assert_eq!(sb.counter("autobind_unique"), 300);
+}
+
+#[test]
+fn autobind_allow_changes_nothing() {
+    let sb = Sandbox::new("autobind-allow");
+    sb.attach(&[]);
+    assert_eq!(sb.status()["attachments"][0]["autobind"], "allow");
+    let got = sb.py(AUTOBIND_300);
+    assert_eq!(got[0].split(' ').next(), Some("{'ok'}"));
+    // The flag is left as the application set it.
+    assert_eq!(got[1], "1");
+    assert_eq!(sb.counter("autobind"), 300);
+}

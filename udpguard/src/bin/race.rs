@@ -96,7 +96,7 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
     unsafe { std::env::set_var("UDPGUARD_PIN_ROOT", &sandbox.pin_root) };
     let without_guard = run_worker(&sandbox, cli.racers, cli.control_rounds)?;
     guard::attach(&guard::AttachRequest {
-        cgroup: Some(&sandbox.cgroup),
+        cgroup: Some(sandbox.cgroup.clone()),
         ..Default::default()
     })?;
     let with_guard = run_worker(&sandbox, cli.racers, cli.rounds)?;
