@@ -25,6 +25,7 @@ use crate::{
     events,
     guard::{self, AttachOutcome, AttachRequest},
     metrics, privilege,
+    routes::RouteMirror,
 };
 
 /// How long the metrics server gets to finish its requests at exit.
@@ -157,9 +158,10 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
     let owned = outcome == AttachOutcome::Attached;
     let path = cgroup.path.display().to_string();
     let how = format!(
-        "mode {}, errno {}",
+        "mode {}, errno {}, autobind {}",
         settings.mode.name(),
-        settings.errno.name()
+        settings.errno.name(),
+        settings.autobind.name()
     );
     match outcome {
         AttachOutcome::Attached => {
@@ -176,7 +178,21 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
 
     let server = listener.map(|listener| serve_metrics(listener, shutdown.clone()));
     let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
+    // The route mirror lets the guard check wildcard-bound sockets while we run.
+    let mirror = match RouteMirror::start(&dir) {
+        Ok(mirror) => {
+            tracing::info!("mirroring routes: wildcard-bound sockets are checked while this runs");
+            Some(mirror)
+        }
+        Err(err) => {
+            tracing::warn!("no route mirror ({err:#}): wildcard-bound sockets pass unchecked");
+            None
+        }
+    };
     let streamed = events::stream(&dir, args.json, shutdown).await;
+    if let Some(mirror) = mirror {
+        mirror.stop();
+    }
     if let Some(server) = server {
         // On an error the shutdown signal never came: stop the server at once.
         server.stop(SERVER_GRACE, streamed.is_err()).await;

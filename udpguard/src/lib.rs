@@ -19,6 +19,8 @@ pub mod guard;
 pub mod loader;
 pub mod metrics;
 pub mod privilege;
+pub mod routes;
+pub mod rtnl;
 pub mod sandbox;
 pub mod scan;
 pub mod settings;

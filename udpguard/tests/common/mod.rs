@@ -37,6 +37,11 @@ impl Sandbox {
         }))
     }
 
+    /// The udpguard CLI as a command, with this sandbox's pin root.
+    pub fn udpguard_command(&self) -> std::process::Command {
+        self.0.udpguard(UDPGUARD.as_ref())
+    }
+
     /// Runs the udpguard CLI with this sandbox's pin root.
     pub fn udpguard(&self, args: &[&str]) -> Output {
         self.0

@@ -1,0 +1,343 @@
+//! The mirror's threads: a heartbeat (so the kernel stops trusting the data as soon as the
+//! agent is gone), a reader of the kernel's "new namespace" reports, and one watcher per
+//! namespace that re-mirrors its routes whenever routes, addresses, rules or links change.
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::File,
+    net::IpAddr,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, RingBuf};
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressHeaderFlags, AddressScope},
+    route::{RouteAttribute, RouteType},
+};
+use udpguard_common::{NetnsEvent, netns_state};
+
+use super::{
+    maps::{Prediction, RouteMaps},
+    model::{self, Prefix},
+    namespace,
+};
+use crate::{attachment::NETNS_EVENTS_PIN, rtnl::Rtnl};
+
+/// How often the heartbeat is renewed (the kernel trusts it for `AGENT_TIMEOUT_NS`, 3 s).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the threads look at the stop flag and the report queue.
+const TICK: Duration = Duration::from_millis(100);
+/// Changes come in bursts (an address brings its routes): wait this long for the rest.
+const SETTLE: Duration = Duration::from_millis(30);
+/// How often a watcher checks that its namespace still has a process or a bind mount.
+const LIVENESS_EVERY: u32 = 50;
+
+type Shared = Arc<Mutex<RouteMaps>>;
+
+/// A running mirror; [`RouteMirror::stop`] ends it and tells the kernel at once.
+pub struct RouteMirror {
+    stop: Arc<AtomicBool>,
+    maps: Shared,
+    threads: Vec<JoinHandle<()>>,
+    watchers: Watchers,
+}
+
+/// Namespaces being watched, by nsfs identity: their cookie and the state last published.
+type Watchers = Arc<Mutex<HashMap<(u64, u64), (u64, Arc<AtomicU32>, JoinHandle<()>)>>>;
+
+impl RouteMirror {
+    /// Starts mirroring for the attachment pinned in `dir`: the agent's own namespace at once,
+    /// others when the kernel reports them.
+    pub fn start(dir: &Path) -> anyhow::Result<RouteMirror> {
+        let mut maps = RouteMaps::open(dir)?;
+        // Start clean: every namespace is reported again on its next wildcard connect.
+        maps.forget_all();
+        maps.clear_routes();
+        maps.set_heartbeat(monotonic_ns())?;
+        let reports = MapData::from_pin(dir.join(NETNS_EVENTS_PIN))
+            .context("opening the namespace reports")?;
+        let mut reports = RingBuf::try_from(Map::RingBuf(reports))?;
+
+        let mirror = RouteMirror {
+            stop: Arc::new(AtomicBool::new(false)),
+            maps: Arc::new(Mutex::new(maps)),
+            threads: Vec::new(),
+            watchers: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let own = File::open("/proc/self/ns/net").context("opening our network namespace")?;
+        watch(&mirror.watchers, &mirror.maps, &mirror.stop, own, None)?;
+
+        let (stop, maps) = (Arc::clone(&mirror.stop), Arc::clone(&mirror.maps));
+        let heartbeat = std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = maps.lock().unwrap().set_heartbeat(monotonic_ns()) {
+                    tracing::warn!("route mirror heartbeat: {e:#}");
+                }
+                std::thread::sleep(HEARTBEAT);
+            }
+        });
+        let (stop, maps, watchers) = (
+            Arc::clone(&mirror.stop),
+            Arc::clone(&mirror.maps),
+            Arc::clone(&mirror.watchers),
+        );
+        let discovery = std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                while let Some(item) = reports.next() {
+                    if item.len() >= size_of::<NetnsEvent>() {
+                        // SAFETY: the kernel wrote a NetnsEvent; read it unaligned.
+                        let event: NetnsEvent =
+                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                        on_report(&watchers, &maps, &stop, event);
+                    }
+                }
+                std::thread::sleep(TICK);
+            }
+        });
+        let mut mirror = mirror;
+        mirror.threads = vec![heartbeat, discovery];
+        Ok(mirror)
+    }
+
+    /// Stops every thread and tells the kernel the data is no longer kept current.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.maps.lock().unwrap().set_heartbeat(0);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        let watchers: Vec<_> = self.watchers.lock().unwrap().drain().collect();
+        for (_, (_, _, thread)) in watchers {
+            let _ = thread.join();
+        }
+        let mut maps = self.maps.lock().unwrap();
+        maps.forget_all();
+        maps.clear_routes();
+    }
+}
+
+/// A namespace the kernel saw a wildcard connect in: enter it through the reporting process.
+fn on_report(watchers: &Watchers, maps: &Shared, stop: &Arc<AtomicBool>, event: NetnsEvent) {
+    let pid = event.pid_tgid >> 32;
+    let Ok(ns) = File::open(format!("/proc/{pid}/ns/net")) else {
+        // The process is gone: forget the namespace, so its next connect reports it again.
+        maps.lock().unwrap().forget(event.netns_cookie);
+        return;
+    };
+    let Ok(identity) = namespace::identity(&ns) else {
+        return;
+    };
+    let known = watchers
+        .lock()
+        .unwrap()
+        .get(&identity)
+        .map(|(c, s, _)| (*c, s.load(Ordering::Relaxed)));
+    match known {
+        // Already watched (its entry was dropped meanwhile): publish its state again.
+        Some((cookie, state)) if cookie == event.netns_cookie && state != 0 => {
+            let _ = maps.lock().unwrap().set_state(cookie, state);
+        }
+        Some(_) => {}
+        None => {
+            if let Err(e) = watch(watchers, maps, stop, ns, Some(event.netns_cookie)) {
+                tracing::warn!("cannot watch the routes of the namespace of pid {pid}: {e:#}");
+                maps.lock().unwrap().forget(event.netns_cookie);
+            }
+        }
+    }
+}
+
+/// Starts a watcher thread inside the namespace `ns`.
+fn watch(
+    watchers: &Watchers,
+    maps: &Shared,
+    stop: &Arc<AtomicBool>,
+    ns: File,
+    expected_cookie: Option<u64>,
+) -> anyhow::Result<()> {
+    let identity = namespace::identity(&ns)?;
+    let state = Arc::new(AtomicU32::new(0));
+    let (maps_, stop_, state_) = (Arc::clone(maps), Arc::clone(stop), Arc::clone(&state));
+    let (cookie_tx, cookie_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let cookie = namespace::enter(&ns).and_then(|()| namespace::current_cookie());
+        let cookie = match cookie {
+            Ok(c) if expected_cookie.is_none_or(|e| e == c) => c,
+            _ => {
+                let _ = cookie_tx.send(None);
+                return;
+            }
+        };
+        let _ = cookie_tx.send(Some(cookie));
+        if let Err(e) = mirror_namespace(&maps_, &stop_, &state_, cookie, identity) {
+            tracing::warn!("route mirror for netns cookie {cookie} stopped: {e:#}");
+            maps_.lock().unwrap().forget(cookie);
+        }
+    });
+    match cookie_rx.recv().ok().flatten() {
+        Some(cookie) => {
+            watchers
+                .lock()
+                .unwrap()
+                .insert(identity, (cookie, state, thread));
+            Ok(())
+        }
+        None => {
+            let _ = thread.join();
+            anyhow::bail!("its cookie is not the one the kernel reported")
+        }
+    }
+}
+
+/// The watcher's loop, on a thread inside the namespace.
+fn mirror_namespace(
+    maps: &Shared,
+    stop: &AtomicBool,
+    state: &AtomicU32,
+    cookie: u64,
+    identity: (u64, u64),
+) -> anyhow::Result<()> {
+    // Subscribe before reading, so no change slips between the two.
+    let mut changes = crate::rtnl::Changes::subscribe(TICK)?;
+    let mut rtnl = Rtnl::open()?;
+    let mut written = BTreeSet::new();
+    loop {
+        let (new_state, entries) = predict_namespace(&mut rtnl)?;
+        {
+            let mut maps = maps.lock().unwrap();
+            // Pending while half-written: wildcard connects pass rather than use a mix.
+            maps.set_state(cookie, netns_state::PENDING)?;
+            maps.write(cookie, &entries, &written)?;
+            maps.set_state(cookie, new_state)?;
+        }
+        state.store(new_state, Ordering::Relaxed);
+        written = entries.iter().map(|(p, _)| *p).collect();
+        tracing::debug!(
+            "netns {cookie}: {} route entries, state {new_state}",
+            written.len()
+        );
+
+        let mut quiet_ticks = 0;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if changes.wait()? {
+                std::thread::sleep(SETTLE);
+                while changes.wait_briefly()? {}
+                break;
+            }
+            quiet_ticks += 1;
+            if quiet_ticks % LIVENESS_EVERY == 0 && !namespace::in_use(identity) {
+                let mut maps = maps.lock().unwrap();
+                maps.write(cookie, &[], &written)?;
+                maps.forget(cookie);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The namespace's state and every prefix's prediction, as the kernel answers.
+fn predict_namespace(rtnl: &mut Rtnl) -> anyhow::Result<(u32, Vec<(Prefix, Prediction)>)> {
+    let rules = [
+        rtnl.rules(AddressFamily::Inet)?,
+        rtnl.rules(AddressFamily::Inet6)?,
+    ];
+    if !rules.iter().all(|r| model::default_rules(r)) {
+        return Ok((netns_state::UNMODELED, Vec::new()));
+    }
+    let mut entries = predict_family(rtnl, AddressFamily::Inet, false)?;
+    let one_v6_source = global_v6_addresses(rtnl)? <= 1;
+    entries.extend(predict_family(rtnl, AddressFamily::Inet6, one_v6_source)?);
+    Ok((netns_state::READY, entries))
+}
+
+fn predict_family(
+    rtnl: &mut Rtnl,
+    family: AddressFamily,
+    one_v6_source: bool,
+) -> anyhow::Result<Vec<(Prefix, Prediction)>> {
+    let routes = rtnl.routes(family)?;
+    let prefixes = model::prefixes(&routes);
+    let mut out = Vec::with_capacity(prefixes.len());
+    for prefix in &prefixes {
+        let Some(representative) = model::representative(prefix, &prefixes) else {
+            continue;
+        };
+        let prediction = if model::is_multipath(prefix, &routes) {
+            Prediction::Unmodeled
+        } else {
+            let source = ask_kernel(rtnl, representative)?;
+            // IPv6 picks among a link's addresses by destination (RFC 6724): one answer is
+            // the answer for the whole prefix only for a single address, an explicit source,
+            // or a namespace with one global address.
+            let exact = prefix.addr.is_ipv4()
+                || prefix.len == 128
+                || model::has_preferred_source(prefix, &routes)
+                || one_v6_source;
+            match source {
+                Some(src) if exact => Prediction::Source(src),
+                _ => Prediction::Unmodeled,
+            }
+        };
+        out.push((*prefix, prediction));
+    }
+    Ok(out)
+}
+
+/// The source the kernel picks for a connect to `dst` from a wildcard-bound socket.
+fn ask_kernel(rtnl: &mut Rtnl, dst: IpAddr) -> anyhow::Result<Option<IpAddr>> {
+    let Some(route) = rtnl.get_route(dst, None)? else {
+        return Ok(None);
+    };
+    if !matches!(route.header.kind, RouteType::Unicast | RouteType::Local) {
+        return Ok(None);
+    }
+    Ok(route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::PrefSource(netlink_packet_route::route::RouteAddress::Inet(a)) => {
+            Some(IpAddr::V4(*a))
+        }
+        RouteAttribute::PrefSource(netlink_packet_route::route::RouteAddress::Inet6(a)) => {
+            Some(IpAddr::V6(*a))
+        }
+        _ => None,
+    }))
+}
+
+/// How many usable global-scope IPv6 addresses the namespace has.
+fn global_v6_addresses(rtnl: &mut Rtnl) -> anyhow::Result<usize> {
+    let unusable = AddressHeaderFlags::Tentative
+        | AddressHeaderFlags::Dadfailed
+        | AddressHeaderFlags::Deprecated;
+    Ok(rtnl
+        .addresses(AddressFamily::Inet6)?
+        .iter()
+        .filter(|a| {
+            a.header.scope == AddressScope::Universe && (a.header.flags & unusable).is_empty()
+        })
+        .filter(|a| {
+            a.attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Address(_)))
+        })
+        .count())
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
