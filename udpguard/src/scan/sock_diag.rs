@@ -114,29 +114,9 @@ impl SockDiag {
         tuple: &FourTuple,
         ifindex: u32,
     ) -> Result<Option<u64>, SockDiagError> {
-        let family = match tuple.lookup_family() {
-            Family::Ipv4 => AF_INET,
-            Family::Ipv6 => AF_INET6,
-        };
-        // The exact lookup takes the datagram's point of view: its source is
-        // our remote end, its destination our local end ("src and dst are
-        // swapped for historical reasons", net/ipv4/udp_diag.c).
-        let id = SocketId {
-            source_port: tuple.remote.port(),
-            destination_port: tuple.local.port(),
-            source_address: tuple.remote.ip(),
-            destination_address: tuple.local.ip(),
-            interface_id: ifindex,
-            cookie: INET_DIAG_NOCOOKIE,
-        };
-        let mut inode = None;
-        match self.exchange(udp_request(family, id), NLM_F_REQUEST, |header| {
-            inode = Some(u64::from(header.inode));
-        }) {
-            Ok(()) => Ok(inode),
-            Err(SockDiagError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .receiving_socket(tuple, ifindex)?
+            .map(|found| found.socket.inode))
     }
 
     /// Like [`Self::receiving_inode`], but the whole socket and its cookie: the
@@ -151,7 +131,9 @@ impl SockDiag {
             Family::Ipv4 => AF_INET,
             Family::Ipv6 => AF_INET6,
         };
-        // The datagram's point of view, as in `receiving_inode`.
+        // The exact lookup takes the datagram's point of view: its source is
+        // our remote end, its destination our local end ("src and dst are
+        // swapped for historical reasons", net/ipv4/udp_diag.c).
         let id = SocketId {
             source_port: tuple.remote.port(),
             destination_port: tuple.local.port(),
