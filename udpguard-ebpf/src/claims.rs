@@ -15,13 +15,13 @@
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_cxchg},
-    ptr::{self, addr_of},
+    ptr,
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
-    btf_maps::{LruHashMap, SkStorage},
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get},
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    btf_maps::{HashMap, LruHashMap},
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::btf_map,
     programs::SockAddrContext,
 };
@@ -37,9 +37,16 @@ const CLAIMS_MAX: usize = 65536;
 #[btf_map]
 static CLAIMS: LruHashMap<ClaimKey, Claim, CLAIMS_MAX> = LruHashMap::new();
 
-/// Per-socket storage: when the socket was created, and the claim it holds. Freed with it.
+/// Sockets the claims know, by cookie: when each was created, and the claim it holds. Added
+/// by `sock_create`, removed by `sock_release`. A preallocated hash, not socket-local storage:
+/// allocating that costs about a microsecond per socket, this a few map operations. A socket
+/// missing here (created before the attach, or the map full) counts as old and releases no
+/// claim on close, which only ever makes the guard more careful.
 #[btf_map]
-static SOCKET_CLAIMS: SkStorage<SocketClaim> = SkStorage::new();
+static SOCKETS: HashMap<u64, SocketClaim, SOCKETS_MAX> = HashMap::new();
+
+/// UDP sockets alive in the cgroup that the claims can keep records for.
+const SOCKETS_MAX: usize = 65536;
 
 /// Whether the caller may go ahead.
 pub enum Claimed {
@@ -62,8 +69,7 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey) -> Claimed {
             bpf_ktime_get_ns(),
         )
     };
-    // SAFETY: null or this socket's own storage, created if missing (zeroed).
-    let mine = unsafe { SOCKET_CLAIMS.get_or_insert_ptr_mut(ctx, None) };
+    let mine = SOCKETS.get_ptr_mut(me).unwrap_or(ptr::null_mut());
     let claimed = if CLAIMS
         .insert(
             key,
@@ -86,17 +92,17 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey) -> Claimed {
         }
     };
     if !matches!(claimed, Claimed::Lost) && !mine.is_null() {
-        // SAFETY: this socket's own storage; only its own hooks write it.
+        // SAFETY: this socket's own record; only its own hooks write it.
         unsafe { remember(mine, key, me) };
     }
     claimed
 }
 
 /// When the socket was created, as `sock_create` recorded; 0 (older than any claim) when it
-/// predates the attachment.
+/// has no record.
 #[inline(always)]
 unsafe fn created_ns(mine: *mut SocketClaim) -> u64 {
-    // SAFETY: the caller passes null or valid storage.
+    // SAFETY: the caller passes null or a valid record.
     if mine.is_null() {
         0
     } else {
@@ -132,10 +138,10 @@ unsafe fn contest(claim: *mut Claim, me: u64, now: u64, my_birth: u64) -> Claime
     }
 }
 
-/// Records the socket's claim in its storage, releasing the one it held before.
+/// Records the socket's claim in its record, releasing the one it held before.
 #[inline(always)]
 unsafe fn remember(mine: *mut SocketClaim, key: &ClaimKey, me: u64) {
-    // SAFETY: the caller passes this socket's own storage.
+    // SAFETY: the caller passes this socket's own record.
     unsafe {
         let previous = (*mine).key;
         if previous.family != 0 && previous != *key {
@@ -157,40 +163,32 @@ fn release(key: &ClaimKey, owner: u64) {
     }
 }
 
-fn socket_claims() -> *mut c_void {
-    addr_of!(SOCKET_CLAIMS).cast_mut().cast()
+/// Records a new UDP socket and its birth time (`ctx` is a cgroup/sock_create context).
+#[inline(always)]
+pub unsafe fn stamp_birth(ctx: *mut c_void) {
+    // SAFETY: plain helper calls on the program's own context.
+    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx), bpf_ktime_get_ns()) };
+    let record = SocketClaim {
+        created_ns: now,
+        ..SocketClaim::default()
+    };
+    // Full: the socket goes unrecorded, and counts as old.
+    let _ = SOCKETS.insert(cookie, record, BPF_ANY.into());
 }
 
-/// Stamps a new socket's birth time (`sk` is a cgroup/sock_create context).
+/// Releases the claim of a closing socket and forgets it (`ctx` is a cgroup/sock_release
+/// context).
 #[inline(always)]
-pub unsafe fn stamp_birth(sk: *mut c_void) {
-    // SAFETY: `sk` is the new socket; storage is created zeroed.
-    unsafe {
-        let slot = bpf_sk_storage_get(
-            socket_claims(),
-            sk,
-            ptr::null_mut(),
-            BPF_SK_STORAGE_GET_F_CREATE.into(),
-        )
-        .cast::<SocketClaim>();
-        if !slot.is_null() {
-            (*slot).created_ns = bpf_ktime_get_ns();
-        }
+pub unsafe fn release_socket(ctx: *mut c_void) {
+    // SAFETY: a plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
+    let Some(record) = SOCKETS.get_ptr(cookie) else {
+        return;
+    };
+    // SAFETY: a pointer into a live map value, copied out at once.
+    let held = unsafe { *record };
+    if held.key.family != 0 {
+        release(&held.key, held.owner);
     }
-}
-
-/// Releases the claim of a closing socket (`sk` is a cgroup/sock_release context) and marks
-/// its slot empty (sock_release may not delete storage; it goes with the socket).
-#[inline(always)]
-pub unsafe fn release_socket(sk: *mut c_void) {
-    // SAFETY: `sk` is the closing socket.
-    unsafe {
-        let slot =
-            bpf_sk_storage_get(socket_claims(), sk, ptr::null_mut(), 0).cast::<SocketClaim>();
-        if slot.is_null() || (*slot).key.family == 0 {
-            return;
-        }
-        release(&(*slot).key, (*slot).owner);
-        (*slot).key.family = 0;
-    }
+    let _ = SOCKETS.remove(cookie);
 }
