@@ -28,6 +28,10 @@ pub mod map_names {
     pub const AGENT: &str = "AGENT";
     /// Ring buffer of [`crate::NetnsEvent`]s: a network namespace the agent does not know yet.
     pub const NETNS_EVENTS: &str = "NETNS_EVENTS";
+    /// Hash: netns cookie -> when the agent seeded the claim index there (fast path).
+    pub const INDEXED_SINCE: &str = "INDEXED_SINCE";
+    /// Hash: netns cookie -> when a socket last connected that the claims cannot index.
+    pub const UNINDEXED_AT: &str = "UNINDEXED_AT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -196,11 +200,14 @@ pub enum Counter {
     /// Not checked: auto-bound, with its reuse flags cleared so its port is unshared
     /// (`--autobind unique`).
     AutobindUnique = 11,
+    /// Checked through the claims alone (the fast path): no socket claimed the tuple, so the
+    /// kernel's lookup was skipped (also in `checked`).
+    Indexed = 12,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Checked,
         Counter::Rejected,
         Counter::Audited,
@@ -213,6 +220,7 @@ impl Counter {
         Counter::WildcardNewNetns,
         Counter::WildcardUnmodeled,
         Counter::AutobindUnique,
+        Counter::Indexed,
     ];
 
     /// The counter's name in `status` and metrics.
@@ -230,6 +238,7 @@ impl Counter {
             Counter::WildcardNewNetns => "wildcard_new_netns",
             Counter::WildcardUnmodeled => "wildcard_unmodeled",
             Counter::AutobindUnique => "autobind_unique",
+            Counter::Indexed => "indexed",
         }
     }
 

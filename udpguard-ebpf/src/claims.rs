@@ -56,12 +56,15 @@ pub enum Claimed {
     TakenOver,
     /// Another socket claimed the tuple first and may be connecting to it right now.
     Lost,
+    /// A claim was there and the kernel's lookup found its ESTABLISHED holder.
+    Held,
 }
 
-/// Claims `key` for the connecting socket. On success the socket's previous claim (if it held
-/// another tuple) is released, since it is moving away from it.
+/// Claims `key` for the connecting socket. `held` (the kernel's lookup) is asked only when a
+/// claim is there already. On success the socket's previous claim (if it held another tuple)
+/// is released, since it is moving away from it.
 #[inline(always)]
-pub fn claim(ctx: &SockAddrContext, key: &ClaimKey) -> Claimed {
+pub fn claim(ctx: &SockAddrContext, key: &ClaimKey, held: impl Fn() -> bool) -> Claimed {
     // SAFETY: plain helper calls on the program's own context.
     let (me, now) = unsafe {
         (
@@ -82,6 +85,8 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey) -> Claimed {
         .is_ok()
     {
         Claimed::Ours
+    } else if held() {
+        Claimed::Held
     } else {
         match CLAIMS.get_ptr_mut(key) {
             // SAFETY: a pointer into a live map value; `mine` is null or valid.
@@ -91,7 +96,7 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey) -> Claimed {
             None => Claimed::TakenOver,
         }
     };
-    if !matches!(claimed, Claimed::Lost) && !mine.is_null() {
+    if matches!(claimed, Claimed::Ours | Claimed::TakenOver) && !mine.is_null() {
         // SAFETY: this socket's own record; only its own hooks write it.
         unsafe { remember(mine, key, me) };
     }

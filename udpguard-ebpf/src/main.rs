@@ -15,6 +15,7 @@
 #![allow(internal_features)]
 
 mod claims;
+mod fastpath;
 mod routes;
 
 use core::{mem::size_of, ptr};
@@ -123,8 +124,9 @@ enum Verdict {
     NotChecked(Counter),
     /// The socket gets its port from this connect (auto-bind): see [`autobind`].
     Autobind,
-    /// Checked: no other socket holds the 4-tuple.
-    Unique(Tuple),
+    /// Checked: no other socket holds the 4-tuple (`false`), or the fast path is on and the
+    /// claims will tell (`true`).
+    Unique(Tuple, bool),
     /// Checked: the caller itself holds the 4-tuple already.
     AlreadyHeld,
     /// Checked: another ESTABLISHED socket holds the 4-tuple.
@@ -186,6 +188,10 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
         Verdict::NotUdp => ALLOW,
         Verdict::NotChecked(reason) => {
             count(reason);
+            // A wildcard socket the mirror could not place will hold a tuple the claims lack.
+            if reason != Counter::FamilyMismatch {
+                fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
+            }
             ALLOW
         }
         Verdict::Autobind => {
@@ -200,15 +206,24 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
             count(Counter::Checked);
             act_on_conflict::<SET_RETVAL>(ctx, &tuple)
         }
-        Verdict::Unique(tuple) => {
+        Verdict::Unique(tuple, indexed) => {
             count(Counter::Checked);
-            // No socket holds the tuple; a racer may be about to. The first claim wins.
-            match claims::claim(ctx, &tuple.key(ctx)) {
-                claims::Claimed::Ours => ALLOW,
+            // No socket holds the tuple, or, where the claims index every held tuple, none
+            // claims it; a racer may be about to. The first claim wins.
+            // SAFETY: as in `decide`.
+            let held = || indexed && unsafe { held_by_another(ctx.sock_addr, &tuple) };
+            match claims::claim(ctx, &tuple.key(ctx), held) {
+                claims::Claimed::Ours => {
+                    if indexed {
+                        count(Counter::Indexed);
+                    }
+                    ALLOW
+                }
                 claims::Claimed::TakenOver => {
                     count(Counter::StaleClaims);
                     ALLOW
                 }
+                claims::Claimed::Held => act_on_conflict::<SET_RETVAL>(ctx, &tuple),
                 claims::Claimed::Lost => {
                     count(Counter::Raced);
                     act_on_conflict::<SET_RETVAL>(ctx, &tuple)
@@ -238,10 +253,18 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
         if already_connected_to(sk, &tuple) {
             return Verdict::AlreadyHeld;
         }
+        // Where the claims index every tuple held in the namespace, a tuple nobody claims has
+        // no holder: the lookup (a walk of every socket on the port) is needed only when a
+        // claim is there. Elsewhere the lookup comes first.
+        let netns = netns_cookie(ctx);
+        if fastpath::index_complete(netns) {
+            return Verdict::Unique(tuple, true);
+        }
+        routes::note_namespace(netns);
         if held_by_another(ctx, &tuple) {
             Verdict::Conflict(tuple)
         } else {
-            Verdict::Unique(tuple)
+            Verdict::Unique(tuple, false)
         }
     }
 }
@@ -375,9 +398,8 @@ fn netns_cookie(ctx: *mut bpf_sock_addr) -> u64 {
 #[inline(always)]
 fn autobind(ctx: &SockAddrContext) -> Counter {
     let config = CONFIG.get(0).copied().unwrap_or_default();
-    if config.autobind != autobind::UNIQUE {
-        return Counter::Autobind;
-    }
+    let unique = config.autobind == autobind::UNIQUE;
+    let mut shared = false;
     for option in [SO_REUSEADDR, SO_REUSEPORT] {
         let mut value: i32 = 0;
         let size = size_of::<i32>() as i32;
@@ -386,13 +408,21 @@ fn autobind(ctx: &SockAddrContext) -> Counter {
             let ctx = ctx.sock_addr.cast();
             let on = bpf_getsockopt(ctx, SOL_SOCKET, option, (&raw mut value).cast(), size) == 0
                 && value != 0;
-            if on {
+            if on && unique {
                 value = 0;
                 bpf_setsockopt(ctx, SOL_SOCKET, option, (&raw mut value).cast(), size);
             }
+            shared |= on;
         }
     }
-    Counter::AutobindUnique
+    if unique {
+        return Counter::AutobindUnique;
+    }
+    // A reuse socket's auto-bound port may be shared: it holds a tuple the claims lack.
+    if shared {
+        fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
+    }
+    Counter::Autobind
 }
 
 /// `bpf_sk_lookup_udp` with the tuple reversed (a datagram from the peer), current netns.
@@ -467,6 +497,8 @@ fn act_on_conflict<const SET_RETVAL: bool>(ctx: &SockAddrContext, tuple: &Tuple)
     let config = CONFIG.get(0).copied().unwrap_or_default();
     if config.mode == mode::AUDIT {
         count(Counter::Audited);
+        // The audited socket becomes a second holder, which the claims cannot index.
+        fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
         report(ctx, tuple, action::AUDITED, 0);
         return ALLOW;
     }

@@ -81,6 +81,16 @@ fn namespace_ready(netns_cookie: u64) -> Result<(), Counter> {
     }
 }
 
+/// Makes sure the agent knows this namespace (its routes, and whether its fast path can be
+/// turned on): reports it once.
+#[inline(always)]
+pub fn note_namespace(netns_cookie: u64) {
+    // SAFETY: the value is not kept.
+    if unsafe { NETNS.get(netns_cookie) }.is_none() {
+        report_new_namespace(netns_cookie);
+    }
+}
+
 /// Tells the agent about a namespace once: the first connect marks it pending.
 #[inline(always)]
 fn report_new_namespace(netns_cookie: u64) {

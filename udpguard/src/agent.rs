@@ -179,7 +179,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
     let server = listener.map(|listener| serve_metrics(listener, shutdown.clone()));
     let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
     // The route mirror lets the guard check wildcard-bound sockets while we run.
-    let mirror = match RouteMirror::start(&dir) {
+    let mirror = match RouteMirror::start(&dir, &cgroup.path) {
         Ok(mirror) => {
             tracing::info!("mirroring routes: wildcard-bound sockets are checked while this runs");
             Some(mirror)

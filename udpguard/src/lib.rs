@@ -15,6 +15,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod error;
 pub mod events;
+pub mod fastpath;
 pub mod guard;
 pub mod loader;
 pub mod metrics;

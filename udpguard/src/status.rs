@@ -38,6 +38,8 @@ pub struct AttachmentStatus {
     pub counters: BTreeMap<&'static str, u64>,
     /// Tuples held or being connected to by sockets in the cgroup (the claim map's entries).
     pub claims: Option<usize>,
+    /// Network namespaces where the O(1) no-conflict path is on (`udpguard run` turns it on).
+    pub fast_path_namespaces: Option<usize>,
     /// Why the pins could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -80,6 +82,7 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
         attached_at: None,
         counters: BTreeMap::new(),
         claims: None,
+        fast_path_namespaces: None,
         error: None,
     };
     let read = Attachment::open(&status.pin_dir).and_then(|a| {
@@ -97,6 +100,9 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
             status.matches_binary = attachment.matches_binary();
             status.attached_at = Some(attachment.meta.attached_at);
             status.claims = attachment::count_claims(&status.pin_dir).ok();
+            status.fast_path_namespaces = crate::fastpath::FastPathMaps::open(&status.pin_dir)
+                .ok()
+                .map(|maps| maps.namespaces_on());
             status.counters = Counter::ALL
                 .iter()
                 .map(|&c| (c.name(), counters.get(c)))
@@ -146,14 +152,18 @@ impl Status {
             let count = |c: Counter| a.counters.get(c.name()).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "  checked {}  rejected {}  audited {}  (raced {})  claimed tuples {}  events lost {}",
+                "  checked {} ({} by the index alone)  rejected {}  audited {}  (raced {})  claimed tuples {}  events lost {}",
                 count(Counter::Checked),
+                count(Counter::Indexed),
                 count(Counter::Rejected),
                 count(Counter::Audited),
                 count(Counter::Raced),
                 a.claims.map_or_else(|| "?".into(), |n| n.to_string()),
                 count(Counter::EventsLost),
             );
+            if let Some(n) = a.fast_path_namespaces {
+                let _ = writeln!(out, "  fast path on in {n} network namespace(s)");
+            }
             let not_checked: Vec<String> = Counter::ALL
                 .iter()
                 .filter(|c| c.is_not_checked_reason())

@@ -13,7 +13,6 @@
 //! Best effort, never a wrong name: any doubt gives `None`.
 use std::{
     collections::{HashMap, HashSet},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
 };
@@ -117,7 +116,7 @@ impl HolderFinder {
     /// cookie of every namespace it opens.
     fn open_if_cookie(&mut self, namespace: &NetworkNamespace, cookie: u64) -> Option<SockDiag> {
         let opened = netns::open_in(namespace, || {
-            Ok((SockDiag::open()?, current_netns_cookie()?))
+            Ok((SockDiag::open()?, netns::current_cookie()?))
         });
         match opened {
             Ok((diag, found)) => {
@@ -171,44 +170,15 @@ fn namespace_of_pid(pid: u32) -> Option<NetworkNamespace> {
     })
 }
 
-/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux >= 5.14):
-/// what the kernel programs put in events.
-fn current_netns_cookie() -> anyhow::Result<u64> {
-    // SAFETY: plain socket(2); the descriptor is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_UNIX)");
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("getsockopt(SO_NETNS_COOKIE) (needs Linux >= 5.14)");
-    }
-    Ok(cookie)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_namespace_cookie_is_stable_and_nonzero() {
-        let first = current_netns_cookie().unwrap();
+        let first = netns::current_cookie().unwrap();
         assert_ne!(first, 0);
-        assert_eq!(current_netns_cookie().unwrap(), first);
+        assert_eq!(netns::current_cookie().unwrap(), first);
     }
 
     #[test]

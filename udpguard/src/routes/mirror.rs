@@ -28,7 +28,11 @@ use super::{
     model::{self, Prefix},
     namespace,
 };
-use crate::{attachment::NETNS_EVENTS_PIN, rtnl::Rtnl};
+use crate::{
+    attachment::NETNS_EVENTS_PIN,
+    fastpath::{self, FastPathMaps},
+    rtnl::Rtnl,
+};
 
 /// How often the heartbeat is renewed (the kernel trusts it for `AGENT_TIMEOUT_NS`, 3 s).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -38,13 +42,25 @@ const TICK: Duration = Duration::from_millis(100);
 const SETTLE: Duration = Duration::from_millis(30);
 /// How often a watcher checks that its namespace still has a process or a bind mount.
 const LIVENESS_EVERY: u32 = 50;
+/// How often a watcher re-checks its namespace's fast path (every process inside the guarded
+/// cgroup; seeded), in ticks.
+const FAST_PATH_EVERY: u32 = 10;
 
 type Shared = Arc<Mutex<RouteMaps>>;
 
+/// What every watcher shares.
+#[derive(Clone)]
+struct Context {
+    maps: Shared,
+    fast: Arc<Mutex<FastPathMaps>>,
+    stop: Arc<AtomicBool>,
+    /// The guarded cgroup: the fast path needs every process of a namespace inside it.
+    guarded: Arc<std::path::PathBuf>,
+}
+
 /// A running mirror; [`RouteMirror::stop`] ends it and tells the kernel at once.
 pub struct RouteMirror {
-    stop: Arc<AtomicBool>,
-    maps: Shared,
+    context: Context,
     threads: Vec<JoinHandle<()>>,
     watchers: Watchers,
 }
@@ -53,9 +69,11 @@ pub struct RouteMirror {
 type Watchers = Arc<Mutex<HashMap<(u64, u64), (u64, Arc<AtomicU32>, JoinHandle<()>)>>>;
 
 impl RouteMirror {
-    /// Starts mirroring for the attachment pinned in `dir`: the agent's own namespace at once,
-    /// others when the kernel reports them.
-    pub fn start(dir: &Path) -> anyhow::Result<RouteMirror> {
+    /// Starts mirroring for the attachment to `guarded` pinned in `dir`: the agent's own
+    /// namespace at once, others when the kernel reports them.
+    pub fn start(dir: &Path, guarded: &Path) -> anyhow::Result<RouteMirror> {
+        let mut fast = FastPathMaps::open(dir)?;
+        fast.withdraw_all();
         let mut maps = RouteMaps::open(dir)?;
         // Start clean: every namespace is reported again on its next wildcard connect.
         maps.forget_all();
@@ -65,16 +83,21 @@ impl RouteMirror {
             .context("opening the namespace reports")?;
         let mut reports = RingBuf::try_from(Map::RingBuf(reports))?;
 
-        let mirror = RouteMirror {
-            stop: Arc::new(AtomicBool::new(false)),
+        let context = Context {
             maps: Arc::new(Mutex::new(maps)),
+            fast: Arc::new(Mutex::new(fast)),
+            stop: Arc::new(AtomicBool::new(false)),
+            guarded: Arc::new(guarded.to_path_buf()),
+        };
+        let mirror = RouteMirror {
+            context: context.clone(),
             threads: Vec::new(),
             watchers: Arc::new(Mutex::new(HashMap::new())),
         };
         let own = File::open("/proc/self/ns/net").context("opening our network namespace")?;
-        watch(&mirror.watchers, &mirror.maps, &mirror.stop, own, None)?;
+        watch(&mirror.watchers, &context, own, None)?;
 
-        let (stop, maps) = (Arc::clone(&mirror.stop), Arc::clone(&mirror.maps));
+        let (stop, maps) = (Arc::clone(&context.stop), Arc::clone(&context.maps));
         let heartbeat = std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 if let Err(e) = maps.lock().unwrap().set_heartbeat(monotonic_ns()) {
@@ -83,19 +106,15 @@ impl RouteMirror {
                 std::thread::sleep(HEARTBEAT);
             }
         });
-        let (stop, maps, watchers) = (
-            Arc::clone(&mirror.stop),
-            Arc::clone(&mirror.maps),
-            Arc::clone(&mirror.watchers),
-        );
+        let (watchers, shared) = (Arc::clone(&mirror.watchers), context.clone());
         let discovery = std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while !shared.stop.load(Ordering::Relaxed) {
                 while let Some(item) = reports.next() {
                     if item.len() >= size_of::<NetnsEvent>() {
                         // SAFETY: the kernel wrote a NetnsEvent; read it unaligned.
                         let event: NetnsEvent =
                             unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        on_report(&watchers, &maps, &stop, event);
+                        on_report(&watchers, &shared, event);
                     }
                 }
                 std::thread::sleep(TICK);
@@ -108,8 +127,9 @@ impl RouteMirror {
 
     /// Stops every thread and tells the kernel the data is no longer kept current.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.maps.lock().unwrap().set_heartbeat(0);
+        self.context.stop.store(true, Ordering::Relaxed);
+        self.context.fast.lock().unwrap().withdraw_all();
+        let _ = self.context.maps.lock().unwrap().set_heartbeat(0);
         for thread in self.threads {
             let _ = thread.join();
         }
@@ -117,17 +137,21 @@ impl RouteMirror {
         for (_, (_, _, thread)) in watchers {
             let _ = thread.join();
         }
-        let mut maps = self.maps.lock().unwrap();
+        let mut maps = self.context.maps.lock().unwrap();
         maps.forget_all();
         maps.clear_routes();
     }
 }
 
 /// A namespace the kernel saw a wildcard connect in: enter it through the reporting process.
-fn on_report(watchers: &Watchers, maps: &Shared, stop: &Arc<AtomicBool>, event: NetnsEvent) {
+fn on_report(watchers: &Watchers, context: &Context, event: NetnsEvent) {
+    let maps = &context.maps;
     let pid = event.pid_tgid >> 32;
-    let Ok(ns) = File::open(format!("/proc/{pid}/ns/net")) else {
-        // The process is gone: forget the namespace, so its next connect reports it again.
+    let ns = File::open(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .or_else(|| namespace_with_cookie(event.netns_cookie));
+    let Some(ns) = ns else {
+        // Gone: forget the namespace, so its next connect reports it again.
         maps.lock().unwrap().forget(event.netns_cookie);
         return;
     };
@@ -146,7 +170,7 @@ fn on_report(watchers: &Watchers, maps: &Shared, stop: &Arc<AtomicBool>, event: 
         }
         Some(_) => {}
         None => {
-            if let Err(e) = watch(watchers, maps, stop, ns, Some(event.netns_cookie)) {
+            if let Err(e) = watch(watchers, context, ns, Some(event.netns_cookie)) {
                 tracing::warn!("cannot watch the routes of the namespace of pid {pid}: {e:#}");
                 maps.lock().unwrap().forget(event.netns_cookie);
             }
@@ -154,20 +178,34 @@ fn on_report(watchers: &Watchers, maps: &Shared, stop: &Arc<AtomicBool>, event: 
     }
 }
 
+/// The reporting process has exited already: find its namespace among those on the host (a
+/// process or a bind mount holds it) by its cookie.
+fn namespace_with_cookie(cookie: u64) -> Option<File> {
+    let discovery = crate::scan::netns::discover().ok()?;
+    discovery.namespaces.iter().find_map(|candidate| {
+        let found = crate::scan::netns::open_in(candidate, crate::scan::netns::current_cookie);
+        match found {
+            Ok(c) if c == cookie => File::open(&candidate.path).ok(),
+            _ => None,
+        }
+    })
+}
+
 /// Starts a watcher thread inside the namespace `ns`.
 fn watch(
     watchers: &Watchers,
-    maps: &Shared,
-    stop: &Arc<AtomicBool>,
+    context: &Context,
     ns: File,
     expected_cookie: Option<u64>,
 ) -> anyhow::Result<()> {
     let identity = namespace::identity(&ns)?;
     let state = Arc::new(AtomicU32::new(0));
-    let (maps_, stop_, state_) = (Arc::clone(maps), Arc::clone(stop), Arc::clone(&state));
+    let (context_, state_) = (context.clone(), Arc::clone(&state));
     let (cookie_tx, cookie_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let cookie = namespace::enter(&ns).and_then(|()| namespace::current_cookie());
+        let cookie = namespace::enter(&ns)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| crate::scan::netns::current_cookie());
         let cookie = match cookie {
             Ok(c) if expected_cookie.is_none_or(|e| e == c) => c,
             _ => {
@@ -176,9 +214,10 @@ fn watch(
             }
         };
         let _ = cookie_tx.send(Some(cookie));
-        if let Err(e) = mirror_namespace(&maps_, &stop_, &state_, cookie, identity) {
+        if let Err(e) = mirror_namespace(&context_, &state_, cookie, identity) {
             tracing::warn!("route mirror for netns cookie {cookie} stopped: {e:#}");
-            maps_.lock().unwrap().forget(cookie);
+            context_.fast.lock().unwrap().withdraw(cookie);
+            context_.maps.lock().unwrap().forget(cookie);
         }
     });
     match cookie_rx.recv().ok().flatten() {
@@ -198,12 +237,12 @@ fn watch(
 
 /// The watcher's loop, on a thread inside the namespace.
 fn mirror_namespace(
-    maps: &Shared,
-    stop: &AtomicBool,
+    context: &Context,
     state: &AtomicU32,
     cookie: u64,
     identity: (u64, u64),
 ) -> anyhow::Result<()> {
+    let (maps, stop) = (&context.maps, &context.stop);
     // Subscribe before reading, so no change slips between the two.
     let mut changes = crate::rtnl::Changes::subscribe(TICK)?;
     let mut rtnl = Rtnl::open()?;
@@ -229,6 +268,19 @@ fn mirror_namespace(
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            if quiet_ticks % FAST_PATH_EVERY == 0 {
+                let on = fastpath::refresh(
+                    &context.fast,
+                    cookie,
+                    identity,
+                    &context.guarded,
+                    monotonic_ns(),
+                );
+                if let Err(e) = on {
+                    tracing::warn!("netns {cookie}: fast path off: {e:#}");
+                    context.fast.lock().unwrap().withdraw(cookie);
+                }
+            }
             if changes.wait()? {
                 std::thread::sleep(SETTLE);
                 while changes.wait_briefly()? {}
@@ -236,6 +288,7 @@ fn mirror_namespace(
             }
             quiet_ticks += 1;
             if quiet_ticks % LIVENESS_EVERY == 0 && !namespace::in_use(identity) {
+                context.fast.lock().unwrap().withdraw(cookie);
                 let mut maps = maps.lock().unwrap();
                 maps.write(cookie, &[], &written)?;
                 maps.forget(cookie);

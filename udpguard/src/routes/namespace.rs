@@ -1,12 +1,6 @@
 //! Network namespaces as the mirror sees them: entered on a dedicated thread, known by their
 //! cookie (what the kernel programs see) and their nsfs inode.
-use std::{
-    fs::File,
-    io,
-    os::fd::{AsFd as _, AsRawFd as _},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-};
+use std::{fs::File, io, os::fd::AsFd as _, os::unix::fs::MetadataExt as _, path::Path};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -19,49 +13,6 @@ pub fn identity(ns: &File) -> io::Result<(u64, u64)> {
 /// Moves the calling thread into the namespace (threads have their own).
 pub fn enter(ns: &File) -> io::Result<()> {
     setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
-}
-
-/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux >= 5.14).
-pub fn current_cookie() -> io::Result<u64> {
-    let socket =
-        std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("[::1]:0"));
-    let socket = match socket {
-        Ok(s) => s,
-        // No loopback address up: any unbound socket will do.
-        Err(_) => return cookie_of_new_socket(),
-    };
-    cookie_of(socket.as_raw_fd())
-}
-
-fn cookie_of_new_socket() -> io::Result<u64> {
-    // SAFETY: plain socket(2); the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let cookie = cookie_of(fd);
-    // SAFETY: we own fd.
-    unsafe { libc::close(fd) };
-    cookie
-}
-
-fn cookie_of(fd: i32) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut size = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a u64 of the size passed.
-    let got = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut size,
-        )
-    };
-    if got != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// True while some process other than us is in the namespace, or it is bind-mounted (as

@@ -1,0 +1,154 @@
+//! The O(1) no-conflict path (issue 7): with `udpguard run` vouching for a namespace, a tuple
+//! nobody claims needs no lookup; conflicts are still refused, sockets connected before are
+//! indexed from a dump, and the fast path turns off when a process outside the guarded cgroup
+//! joins the namespace. Real kernel, root, own sandbox each.
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::Sandbox;
+
+/// `udpguard run` on the sandbox's cgroup, stopped (SIGTERM) when dropped.
+struct Agent(Child);
+
+impl Agent {
+    fn start(sb: &Sandbox) -> Agent {
+        let mut child = sb
+            .udpguard_command()
+            .args(["run", "--cgroup", sb.cgroup.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting udpguard run");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let agent = Agent(child);
+        for line in lines.by_ref() {
+            if line.unwrap().contains("mirroring routes") {
+                std::thread::spawn(move || lines.for_each(drop));
+                return agent;
+            }
+        }
+        panic!("udpguard run ended before mirroring routes");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (a few seconds at most) until the fast path's state is `on`.
+fn wait_fast_path(sb: &Sandbox, on: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = sb.status()["attachments"][0]["fast_path_namespaces"]
+            .as_u64()
+            .unwrap_or(0);
+        if (n > 0) == on {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fast path never turned {}",
+            if on { "on" } else { "off" }
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reports the sandbox's namespace to the agent (its first checked connect does).
+const REPORT: &str = r#"
+    s = udp(bind=("127.0.0.1", 3999)); s.connect(("127.0.0.1", 3998)); s.close()
+"#;
+
+#[test]
+fn the_fast_path_skips_the_lookup_and_still_refuses_conflicts() {
+    let sb = Sandbox::new("fast-on");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    let before = sb.counter("indexed");
+    let got = sb.py(r#"
+        group = [udp(bind=("127.0.0.1", 4443)) for _ in range(100)]
+        out(set(conn(s, ("127.0.0.2", 10000 + i)) for i, s in enumerate(group)))
+        out(conn(udp(bind=("127.0.0.1", 4443)), ("127.0.0.2", 10007)))
+        a = udp(bind=("0.0.0.0", 4444)); b = udp(bind=("0.0.0.0", 4444))
+        out(conn(a, P), conn(b, P))
+        "#);
+    assert_eq!(got, ["{'ok'}", "EPERM", "ok EPERM"]);
+    // The 100 clients and the first wildcard socket went by the index alone.
+    assert!(sb.counter("indexed") - before >= 101, "{}", sb.status());
+}
+
+#[test]
+fn sockets_connected_before_are_indexed_from_a_dump() {
+    let sb = Sandbox::new("fast-seed");
+    // A holder connected before anything is attached, kept alive in the cgroup.
+    let mut holder = sb
+        .command("python3", true)
+        .args([
+            "-c",
+            "import socket,time\n\
+             a=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             a.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             a.bind(('127.0.0.1',4444)); a.connect(('127.0.0.1',1111))\n\
+             print('held',flush=True); time.sleep(60)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    let agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    let got = sb.py(r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
+    assert_eq!(got, ["EPERM"]);
+    drop(agent);
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn the_fast_path_turns_off_when_an_outside_process_joins_the_namespace() {
+    let sb = Sandbox::new("fast-outside");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    // A process outside the guarded cgroup joins the namespace and takes a tuple: no hook
+    // sees it, so the claims cannot index it.
+    let mut outsider = sb
+        .command("python3", false)
+        .args([
+            "-c",
+            "import socket,time\n\
+             a=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             a.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             a.bind(('127.0.0.1',4444)); a.connect(('127.0.0.1',1111))\n\
+             print('held',flush=True); time.sleep(60)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(outsider.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    wait_fast_path(&sb, false);
+    // Back on the full lookup: the outsider's tuple is refused to a newcomer inside.
+    let got = sb.py(r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
+    assert_eq!(got, ["EPERM"]);
+    let _ = outsider.kill();
+    let _ = outsider.wait();
+}
