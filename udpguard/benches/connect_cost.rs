@@ -29,14 +29,14 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, ExitCode, Stdio},
     sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use aya::programs::links::{FdLink, PinnedLink};
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
-use udpguard::{guard, sandbox::Sandbox, settings::Mode};
+use udpguard::{guard, routes::RouteMirror, sandbox::Sandbox, settings::Mode};
 
 /// The local address every socket in the bench shares.
 const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4444);
@@ -263,17 +263,26 @@ enum Setup {
     NoProgram,
     Enforce,
     Audit,
+    /// Enforce, with the agent's route mirror vouching for the sandbox's namespace: the O(1)
+    /// no-conflict path is on.
+    Fast,
 }
 
 impl Setup {
-    const ALL: [Setup; 3] = [Setup::NoProgram, Setup::Enforce, Setup::Audit];
+    const ALL: [Setup; 4] = [Setup::NoProgram, Setup::Enforce, Setup::Audit, Setup::Fast];
 
     fn label(self) -> &'static str {
         match self {
             Setup::NoProgram => "no program",
             Setup::Enforce => "udpguard",
             Setup::Audit => "udpguard audit",
+            Setup::Fast => "udpguard fast path",
         }
+    }
+
+    /// Whether this setup refuses a conflicting connect.
+    fn refuses(self) -> bool {
+        matches!(self, Setup::Enforce | Setup::Fast)
     }
 }
 
@@ -396,6 +405,8 @@ impl Drop for Background {
 struct Guard<'a> {
     cgroup: &'a Path,
     current: Setup,
+    /// The agent's route mirror, running while the setup is [`Setup::Fast`].
+    mirror: Option<RouteMirror>,
 }
 
 impl Guard<'_> {
@@ -403,13 +414,16 @@ impl Guard<'_> {
         if setup == self.current {
             return Ok(());
         }
+        if let Some(mirror) = self.mirror.take() {
+            mirror.stop(); // the fast path goes off with it
+        }
         let mode = match setup {
             Setup::NoProgram => {
                 guard::detach(Some(self.cgroup))?;
                 self.current = setup;
                 return Ok(());
             }
-            Setup::Enforce => Mode::Enforce,
+            Setup::Enforce | Setup::Fast => Mode::Enforce,
             Setup::Audit => Mode::Audit,
         };
         // Loads and attaches when nothing is attached; switches the mode in place otherwise.
@@ -419,8 +433,30 @@ impl Guard<'_> {
             events_buffer: Some(EVENTS_BUFFER),
             ..Default::default()
         })?;
+        if setup == Setup::Fast {
+            self.mirror = Some(RouteMirror::start(&self.pin_dir()?, self.cgroup)?);
+        }
         self.current = setup;
         Ok(())
+    }
+
+    /// After switching to [`Setup::Fast`]: connects until the agent has loaded the sandbox's
+    /// namespace (a checked connect reports it) and turned the fast path on there.
+    fn wait_fast_path(&self, worker: &mut Worker) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            worker.run(20)?;
+            let on = udpguard::status::collect()
+                .attachments
+                .first()
+                .and_then(|a| a.fast_path_namespaces)
+                .unwrap_or(0);
+            if on > 0 {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "the fast path never turned on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The attachment's pin directory (there is one: the sandbox has its own pin root).
@@ -622,9 +658,13 @@ struct Level {
     /// connect succeeds and makes the duplicate.
     hit_no_program: Measured,
     hit_enforce: Measured,
+    /// Enforce with the agent's O(1) no-conflict path on.
+    fast: Measured,
+    hit_fast: Measured,
     programs_enforce: Option<ProgramTimes>,
     programs_audit: Option<ProgramTimes>,
     programs_hit: Option<ProgramTimes>,
+    programs_fast: Option<ProgramTimes>,
 }
 
 #[derive(Debug, Serialize)]
@@ -717,6 +757,7 @@ fn orchestrate(options: &Options) -> anyhow::Result<()> {
     let mut guard = Guard {
         cgroup: &sandbox.cgroup,
         current: Setup::NoProgram,
+        mirror: None,
     };
     let mut report = Report {
         machine,
@@ -789,11 +830,7 @@ fn measure_level(
     let timed = |worker: &mut Worker, setup: Setup, hit: bool, ops: u64| {
         worker.run((ops / 10).max(3))?; // warm-up, after a switch
         let batch = worker.run(ops)?;
-        let expected = if hit && setup == Setup::Enforce {
-            ops
-        } else {
-            0
-        };
+        let expected = if hit && setup.refuses() { ops } else { 0 };
         ensure!(
             batch.refused == expected,
             "{} ({}): {} of {ops} connects refused, expected {expected}",
@@ -808,6 +845,9 @@ fn measure_level(
         for k in 0..Setup::ALL.len() {
             let setup = Setup::ALL[(round + k) % Setup::ALL.len()];
             guard.set(setup)?;
+            if setup == Setup::Fast {
+                guard.wait_fast_path(worker)?;
+            }
             let ns = timed(worker, setup, false, ops)?;
             times.entry((setup, false)).or_default().push(ns);
             if setup != Setup::Audit {
@@ -815,7 +855,7 @@ fn measure_level(
                 let ns = timed(worker, setup, true, hit_ops)?;
                 worker.hold(false)?;
                 times.entry((setup, true)).or_default().push(ns);
-                if setup == Setup::Enforce {
+                if setup.refuses() {
                     *events_lost = (*events_lost).max(guard.drain_events()?);
                 }
             }
@@ -837,40 +877,46 @@ fn measure_level(
         no_program: measured(Setup::NoProgram, false),
         enforce: measured(Setup::Enforce, false),
         audit: measured(Setup::Audit, false),
+        fast: measured(Setup::Fast, false),
         hit_no_program: measured(Setup::NoProgram, true),
         hit_enforce: measured(Setup::Enforce, true),
+        hit_fast: measured(Setup::Fast, true),
         ..Level::default()
     };
 
     // The programs' own time, from the kernel's stats, in windows of their own.
     match program_windows(worker, guard, ops, hit_ops) {
-        Ok((enforce, hit, audit)) => {
+        Ok((enforce, hit, audit, fast)) => {
             level.programs_enforce = Some(enforce);
             level.programs_hit = Some(hit);
             level.programs_audit = Some(audit);
+            level.programs_fast = Some(fast);
         }
         Err(err) => eprintln!("connect_cost: no BPF run-time stats: {err:#}"),
     }
     *events_lost = (*events_lost).max(guard.drain_events()?);
     eprintln!(
-        "connect_cost: {sockets} sockets done: no program {}, udpguard {} ({:.2}x), audit {} ({:.2}x)",
+        "connect_cost: {sockets} sockets done: no program {}, udpguard {} ({:.2}x), audit {} ({:.2}x), fast path {} ({:.2}x)",
         fmt_ns(level.no_program.ns_per_op.median),
         fmt_ns(level.enforce.ns_per_op.median),
         level.enforce.ratio.median,
         fmt_ns(level.audit.ns_per_op.median),
         level.audit.ratio.median,
+        fmt_ns(level.fast.ns_per_op.median),
+        level.fast.ratio.median,
     );
     Ok(level)
 }
 
-/// Program time per run (enforce miss, enforce hit, audit miss), stats on only meanwhile:
+/// Program time per run (enforce miss, enforce hit, audit miss, fast-path miss), stats on
+/// only meanwhile:
 /// the median over [`STATS_WINDOWS`] windows of one batch each, interleaved.
 fn program_windows(
     worker: &mut Worker,
     guard: &mut Guard<'_>,
     ops: u64,
     hit_ops: u64,
-) -> anyhow::Result<(ProgramTimes, ProgramTimes, ProgramTimes)> {
+) -> anyhow::Result<(ProgramTimes, ProgramTimes, ProgramTimes, ProgramTimes)> {
     guard.set(Setup::Enforce)?;
     let ids = guard.program_ids()?;
     let _stats = StatsOn::enable()?;
@@ -892,7 +938,8 @@ fn program_windows(
         );
         Ok(times)
     };
-    let (mut enforce, mut hit, mut audit) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut enforce, mut hit, mut audit, mut fast) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..STATS_WINDOWS {
         guard.set(Setup::Enforce)?; // in place: the same programs in both modes
         enforce.push(window(worker, ops)?);
@@ -902,11 +949,15 @@ fn program_windows(
         hit.push(times?);
         guard.set(Setup::Audit)?;
         audit.push(window(worker, ops)?);
+        guard.set(Setup::Fast)?;
+        guard.wait_fast_path(worker)?;
+        fast.push(window(worker, ops)?);
     }
     Ok((
         ProgramTimes::median(&enforce),
         ProgramTimes::median(&hit),
         ProgramTimes::median(&audit),
+        ProgramTimes::median(&fast),
     ))
 }
 
@@ -956,21 +1007,33 @@ fn table(report: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>18}",
-        "sockets", "no program", "udpguard", "ratio", "audit", "ratio", "program alone"
+        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
+        "sockets",
+        "no program",
+        "udpguard",
+        "ratio",
+        "audit",
+        "ratio",
+        "fast path",
+        "ratio",
+        "c4 alone",
+        "c4 fast"
     );
-    let _ = writeln!(out, "{}", "-".repeat(107));
+    let _ = writeln!(out, "{}", "-".repeat(141));
     for l in &report.levels {
         let _ = writeln!(
             out,
-            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>18}",
+            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
             l.sockets,
             fmt_ns(l.no_program.ns_per_op.median),
             fmt_ns(l.enforce.ns_per_op.median),
             fmt_ratio(&l.enforce.ratio),
             fmt_ns(l.audit.ns_per_op.median),
             fmt_ratio(&l.audit.ratio),
+            fmt_ns(l.fast.ns_per_op.median),
+            fmt_ratio(&l.fast.ratio),
             fmt_program(l.programs_enforce.map(|p| p.connect4)),
+            fmt_program(l.programs_fast.map(|p| p.connect4)),
         );
     }
     let _ = writeln!(
@@ -980,15 +1043,24 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10}",
-        "sockets", "connect4", "create", "release", "per op", "audit c4", "per op", "hit c4"
+        "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10}",
+        "sockets",
+        "connect4",
+        "create",
+        "release",
+        "per op",
+        "audit c4",
+        "per op",
+        "fast c4",
+        "per op",
+        "hit c4"
     );
-    let _ = writeln!(out, "{}", "-".repeat(95));
+    let _ = writeln!(out, "{}", "-".repeat(119));
     for l in &report.levels {
         let total = |p: Option<ProgramTimes>| p.map_or_else(|| "n/a".into(), |p| fmt_ns(p.total()));
         let _ = writeln!(
             out,
-            "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10}",
+            "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10}",
             l.sockets,
             fmt_program(l.programs_enforce.map(|p| p.connect4)),
             fmt_program(l.programs_enforce.map(|p| p.sock_create)),
@@ -996,6 +1068,8 @@ fn table(report: &Report) -> String {
             total(l.programs_enforce),
             fmt_program(l.programs_audit.map(|p| p.connect4)),
             total(l.programs_audit),
+            fmt_program(l.programs_fast.map(|p| p.connect4)),
+            total(l.programs_fast),
             fmt_program(l.programs_hit.map(|p| p.connect4)),
         );
     }
@@ -1080,6 +1154,21 @@ fn plot(report: &Report) -> String {
                 .map(|l| l.audit.ns_per_op.median)
                 .collect(),
             notes: Vec::new(),
+        },
+        svg::Series {
+            label: "udpguard fast path (agent running)",
+            color: "#2ca02c",
+            dashed: false,
+            values: report
+                .levels
+                .iter()
+                .map(|l| l.fast.ns_per_op.median)
+                .collect(),
+            notes: report
+                .levels
+                .iter()
+                .map(|l| format!("{:.2}x", l.fast.ratio.median))
+                .collect(),
         },
     ];
     svg::chart(
