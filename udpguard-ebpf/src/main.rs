@@ -124,9 +124,13 @@ enum Verdict {
     NotChecked(Counter),
     /// The socket gets its port from this connect (auto-bind): see [`autobind`].
     Autobind,
-    /// Checked: no other socket holds the 4-tuple (`false`), or the fast path is on and the
-    /// claims will tell (`true`).
-    Unique(Tuple, bool),
+    /// Checked: no other socket holds the 4-tuple (`indexed: false`), or the fast path is on
+    /// and the claims will tell (`indexed: true`).
+    Unique {
+        tuple: Tuple,
+        netns: u64,
+        indexed: bool,
+    },
     /// Checked: the caller itself holds the 4-tuple already.
     AlreadyHeld,
     /// Checked: another ESTABLISHED socket holds the 4-tuple.
@@ -150,11 +154,9 @@ enum Tuple {
 }
 
 impl Tuple {
-    /// The tuple as the claim map and events hold it, in the caller's network namespace.
+    /// The tuple as the claim map and events hold it, in the network namespace `netns_cookie`.
     #[inline(always)]
-    fn key(&self, ctx: &SockAddrContext) -> ClaimKey {
-        // SAFETY: a plain helper call on the program's own context.
-        let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    fn key(&self, netns_cookie: u64) -> ClaimKey {
         let (family, local_addr, peer_addr, local_port, peer_port) = match *self {
             Tuple::V4 {
                 local,
@@ -206,13 +208,17 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
             count(Counter::Checked);
             act_on_conflict::<SET_RETVAL>(ctx, &tuple)
         }
-        Verdict::Unique(tuple, indexed) => {
+        Verdict::Unique {
+            tuple,
+            netns,
+            indexed,
+        } => {
             count(Counter::Checked);
             // No socket holds the tuple, or, where the claims index every held tuple, none
             // claims it; a racer may be about to. The first claim wins.
             // SAFETY: as in `decide`.
             let held = || indexed && unsafe { held_by_another(ctx.sock_addr, &tuple) };
-            match claims::claim(ctx, &tuple.key(ctx), held) {
+            match claims::claim(ctx, &tuple.key(netns), held) {
                 claims::Claimed::Ours => {
                     if indexed {
                         count(Counter::Indexed);
@@ -258,13 +264,21 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
         // claim is there. Elsewhere the lookup comes first.
         let netns = netns_cookie(ctx);
         if fastpath::index_complete(netns) {
-            return Verdict::Unique(tuple, true);
+            return Verdict::Unique {
+                tuple,
+                netns,
+                indexed: true,
+            };
         }
         routes::note_namespace(netns);
         if held_by_another(ctx, &tuple) {
             Verdict::Conflict(tuple)
         } else {
-            Verdict::Unique(tuple, false)
+            Verdict::Unique {
+                tuple,
+                netns,
+                indexed: false,
+            }
         }
     }
 }
@@ -525,7 +539,7 @@ fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32) {
         count(Counter::EventsLost);
         return;
     };
-    let key = tuple.key(ctx);
+    let key = tuple.key(netns_cookie(ctx.sock_addr));
     // SAFETY: plain helper calls on the program's own context.
     let event = unsafe {
         ConflictEvent {
