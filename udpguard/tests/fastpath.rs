@@ -4,45 +4,9 @@
 //! joins the namespace. Real kernel, root, own sandbox each.
 mod common;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::Sandbox;
-
-/// `udpguard run` on the sandbox's cgroup, stopped (SIGTERM) when dropped.
-struct Agent(Child);
-
-impl Agent {
-    fn start(sb: &Sandbox) -> Agent {
-        let mut child = sb
-            .udpguard_command()
-            .args(["run", "--cgroup", sb.cgroup.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting udpguard run");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let agent = Agent(child);
-        for line in lines.by_ref() {
-            if line.unwrap().contains("mirroring routes") {
-                std::thread::spawn(move || lines.for_each(drop));
-                return agent;
-            }
-        }
-        panic!("udpguard run ended before mirroring routes");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
+use common::{Agent, Holder, Sandbox};
 
 /// Waits (a few seconds at most) until the fast path's state is `on`.
 fn wait_fast_path(sb: &Sandbox, on: bool) {
@@ -91,32 +55,14 @@ fn the_fast_path_skips_the_lookup_and_still_refuses_conflicts() {
 fn sockets_connected_before_are_indexed_from_a_dump() {
     let sb = Sandbox::new("fast-seed");
     // A holder connected before anything is attached, kept alive in the cgroup.
-    let mut holder = sb
-        .command("python3", true)
-        .args([
-            "-c",
-            "import socket,time\n\
-             a=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-             a.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-             a.bind(('127.0.0.1',4444)); a.connect(('127.0.0.1',1111))\n\
-             print('held',flush=True); time.sleep(60)",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "held");
+    let holder = Holder::start(&sb, true);
     let agent = Agent::start(&sb);
     sb.py(REPORT);
     wait_fast_path(&sb, true);
     let got = sb.py(r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
     assert_eq!(got, ["EPERM"]);
     drop(agent);
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
 }
 
 #[test]
@@ -127,28 +73,10 @@ fn the_fast_path_turns_off_when_an_outside_process_joins_the_namespace() {
     wait_fast_path(&sb, true);
     // A process outside the guarded cgroup joins the namespace and takes a tuple: no hook
     // sees it, so the claims cannot index it.
-    let mut outsider = sb
-        .command("python3", false)
-        .args([
-            "-c",
-            "import socket,time\n\
-             a=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-             a.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-             a.bind(('127.0.0.1',4444)); a.connect(('127.0.0.1',1111))\n\
-             print('held',flush=True); time.sleep(60)",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(outsider.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "held");
+    let outsider = Holder::start(&sb, false);
     wait_fast_path(&sb, false);
     // Back on the full lookup: the outsider's tuple is refused to a newcomer inside.
     let got = sb.py(r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
     assert_eq!(got, ["EPERM"]);
-    let _ = outsider.kill();
-    let _ = outsider.wait();
+    drop(outsider);
 }

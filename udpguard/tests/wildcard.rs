@@ -3,50 +3,9 @@
 //! guess: without the agent, or before a namespace is loaded, it passes and is counted.
 mod common;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::Sandbox;
-
-/// `udpguard run` on the sandbox's cgroup, stopped (SIGTERM) when dropped.
-struct Agent(Child);
-
-impl Agent {
-    /// Starts the agent and waits until its route mirror runs.
-    fn start(sb: &Sandbox) -> Agent {
-        let mut child = sb
-            .udpguard_command()
-            .args(["run", "--cgroup", sb.cgroup.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting udpguard run");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let agent = Agent(child);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if line.contains("mirroring routes") {
-                // Keep draining stderr so the agent never blocks on a full pipe.
-                std::thread::spawn(move || lines.for_each(drop));
-                return agent;
-            }
-            assert!(!line.contains("ERROR"), "udpguard run failed: {line}");
-        }
-        panic!("udpguard run ended before mirroring routes");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
+use common::{Agent, Sandbox};
 
 /// Makes the agent load the sandbox's namespace (its first wildcard connect reports it), and
 /// waits until the namespace is covered.

@@ -3,8 +3,9 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::{
+    io::{BufRead as _, BufReader},
     ops::Deref,
-    process::{Output, Stdio},
+    process::{Child, Output, Stdio},
 };
 
 pub const UDPGUARD: &str = env!("CARGO_BIN_EXE_udpguard");
@@ -133,6 +134,77 @@ impl Sandbox {
             return Vec::new();
         }
         serde_json::from_str::<Vec<serde_json::Value>>(&text).unwrap()
+    }
+}
+
+/// `udpguard run` on a sandbox's cgroup, stopped (SIGTERM) when dropped.
+pub struct Agent(Child);
+
+impl Agent {
+    /// Starts the agent and waits until its route mirror runs.
+    pub fn start(sb: &Sandbox) -> Agent {
+        let mut child = sb
+            .udpguard_command()
+            .args(["run", "--cgroup", sb.cgroup.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting udpguard run");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let agent = Agent(child);
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains("mirroring routes") {
+                // Keep draining stderr so the agent never blocks on a full pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return agent;
+            }
+            assert!(!line.contains("ERROR"), "udpguard run failed: {line}");
+        }
+        panic!("udpguard run ended before mirroring routes");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// A process in the sandbox's namespace (in its cgroup or not) holding 127.0.0.1:4444 ->
+/// 127.0.0.1:1111 connected until dropped.
+pub struct Holder(Child);
+
+impl Holder {
+    pub fn start(sb: &Sandbox, in_cgroup: bool) -> Holder {
+        let mut child = sb
+            .command("python3", in_cgroup)
+            .args([
+                "-c",
+                "import socket,time\n\
+                 a=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 a.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                 a.bind(('127.0.0.1',4444)); a.connect(('127.0.0.1',1111))\n\
+                 print('held',flush=True); time.sleep(60)",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting a holder");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held");
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
