@@ -2,7 +2,7 @@
 //! (`--json`) one JSON object per line.
 use std::path::Path;
 
-use super::record::{Action, EventRecord, SummaryRecord};
+use super::record::{Action, ConflictFields, EventRecord, SummaryRecord};
 
 /// One line of the event stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,16 +34,12 @@ fn human_event(e: &EventRecord) -> String {
         Some(h) => format!("held by {}[{}] (socket {})", h.comm, h.pid, h.inode),
         None => "holder unknown".to_owned(),
     };
+    let c = &e.conflict;
     format!(
-        "{} {}  {}[{}] {} -> {}  {}  cgroup {}",
+        "{} {}  {holder}  cgroup {}",
         e.time,
-        verdict(e.action, e.errno.as_deref()),
-        e.comm,
-        e.pid,
-        e.local,
-        e.remote,
-        holder,
-        cgroup(e.cgroup.as_deref()),
+        verdict_and_tuple(c),
+        cgroup(c.cgroup.as_deref()),
     )
 }
 
@@ -56,24 +52,25 @@ fn human_summary(s: &SummaryRecord) -> String {
         format!("the last {} seconds", s.seconds)
     };
     format!(
-        "{} {} more like this in {period}: {}  {}[{}] {} -> {}  cgroup {}",
+        "{} {} more like this in {period}: {}  cgroup {}",
         s.time,
         s.suppressed,
-        verdict(s.action, s.errno.as_deref()),
-        s.comm,
-        s.pid,
-        s.local,
-        s.remote,
-        cgroup(s.cgroup.as_deref()),
+        verdict_and_tuple(&s.conflict),
+        cgroup(s.conflict.cgroup.as_deref()),
     )
 }
 
-/// "rejected EPERM" or "audited (let through)".
-fn verdict(action: Action, errno: Option<&str>) -> String {
-    match action {
-        Action::Rejected => format!("rejected {}", errno.unwrap_or("?")),
+/// `rejected EPERM  python3[4321] 127.0.0.1:4444 -> 127.0.0.1:1111` (or "audited (let
+/// through)" for the verdict).
+fn verdict_and_tuple(c: &ConflictFields) -> String {
+    let verdict = match c.action {
+        Action::Rejected => format!("rejected {}", c.errno.as_deref().unwrap_or("?")),
         Action::Audited => "audited (let through)".to_owned(),
-    }
+    };
+    format!(
+        "{verdict}  {}[{}] {} -> {}",
+        c.comm, c.pid, c.local, c.remote
+    )
 }
 
 fn cgroup(path: Option<&Path>) -> String {
@@ -89,9 +86,8 @@ mod tests {
     use super::*;
     use crate::events::{holder::Holder, record::IpFamily};
 
-    fn event() -> EventRecord {
-        EventRecord {
-            time: "2026-11-25T19:56:12.123456Z".into(),
+    fn fields() -> ConflictFields {
+        ConflictFields {
             action: Action::Rejected,
             errno: Some("EPERM".into()),
             pid: 4321,
@@ -100,6 +96,13 @@ mod tests {
             family: IpFamily::Ipv4,
             local: "127.0.0.1:4444".into(),
             remote: "127.0.0.1:1111".into(),
+        }
+    }
+
+    fn event() -> EventRecord {
+        EventRecord {
+            time: "2026-11-25T19:56:12.123456Z".into(),
+            conflict: fields(),
             holder: Some(Holder {
                 pid: 4300,
                 comm: "dns-server".into(),
@@ -121,13 +124,16 @@ mod tests {
     #[test]
     fn an_audited_event_without_holder_or_cgroup_for_people() {
         let e = EventRecord {
-            action: Action::Audited,
-            errno: None,
+            conflict: ConflictFields {
+                action: Action::Audited,
+                errno: None,
+                cgroup: None,
+                family: IpFamily::Ipv6,
+                local: "[::1]:4444".into(),
+                remote: "[::1]:1111".into(),
+                ..fields()
+            },
             holder: None,
-            cgroup: None,
-            family: IpFamily::Ipv6,
-            local: "[::1]:4444".into(),
-            remote: "[::1]:1111".into(),
             ..event()
         };
         assert_eq!(
@@ -169,8 +175,11 @@ mod tests {
             })
         );
         let audited = EventRecord {
-            action: Action::Audited,
-            errno: None,
+            conflict: ConflictFields {
+                action: Action::Audited,
+                errno: None,
+                ..fields()
+            },
             holder: None,
             ..event()
         };
@@ -186,14 +195,7 @@ mod tests {
             time: "2026-11-25T19:56:13.000000Z".into(),
             suppressed: 37,
             seconds: 1,
-            action: Action::Rejected,
-            errno: Some("EPERM".into()),
-            pid: 4321,
-            comm: "python3".into(),
-            cgroup: Some(PathBuf::from("/sys/fs/cgroup/app")),
-            family: IpFamily::Ipv4,
-            local: "127.0.0.1:4444".into(),
-            remote: "127.0.0.1:1111".into(),
+            conflict: fields(),
         }
     }
 

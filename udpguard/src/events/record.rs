@@ -128,14 +128,13 @@ pub fn errno_name(raw: u32) -> String {
     Errno::from_raw(raw).map_or_else(|| format!("errno {raw}"), |e| e.name().to_owned())
 }
 
-/// One event as `events` prints it (the `--json` object, field for field).
+/// What an event and a flood summary both say about a conflict (flattened into their JSON).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EventRecord {
-    /// RFC 3339, UTC, microseconds.
-    pub time: String,
+pub struct ConflictFields {
     pub action: Action,
     /// "EPERM" etc.; `null` when audited.
     pub errno: Option<String>,
+    /// The caller.
     pub pid: u32,
     pub comm: String,
     /// The caller's cgroup; `null` when it no longer exists.
@@ -144,14 +143,11 @@ pub struct EventRecord {
     /// `127.0.0.1:4444`, `[::1]:4444`; v4-mapped addresses as plain IPv4.
     pub local: String,
     pub remote: String,
-    /// Who already holds the tuple; `null` when it could not be found.
-    pub holder: Option<Holder>,
 }
 
-impl EventRecord {
-    pub fn new(conflict: &Conflict, cgroup: Option<PathBuf>, holder: Option<Holder>) -> Self {
-        EventRecord {
-            time: rfc3339(wall_clock_ns(conflict.boot_ns)),
+impl ConflictFields {
+    pub fn of(conflict: &Conflict, cgroup: Option<PathBuf>) -> Self {
+        ConflictFields {
             action: conflict.action,
             errno: conflict.errno_name(),
             pid: conflict.pid,
@@ -160,6 +156,26 @@ impl EventRecord {
             family: conflict.family,
             local: conflict.local.to_string(),
             remote: conflict.remote.to_string(),
+        }
+    }
+}
+
+/// One event as `events` prints it (the `--json` object, field for field).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    /// RFC 3339, UTC, microseconds.
+    pub time: String,
+    #[serde(flatten)]
+    pub conflict: ConflictFields,
+    /// Who already holds the tuple; `null` when it could not be found.
+    pub holder: Option<Holder>,
+}
+
+impl EventRecord {
+    pub fn new(conflict: &Conflict, cgroup: Option<PathBuf>, holder: Option<Holder>) -> Self {
+        EventRecord {
+            time: rfc3339(wall_clock_ns(conflict.boot_ns)),
+            conflict: ConflictFields::of(conflict, cgroup),
             holder,
         }
     }
@@ -175,15 +191,9 @@ pub struct SummaryRecord {
     pub suppressed: u64,
     /// The window they fell in, in seconds.
     pub seconds: u64,
-    pub action: Action,
-    pub errno: Option<String>,
-    /// The last suppressed event's caller.
-    pub pid: u32,
-    pub comm: String,
-    pub cgroup: Option<PathBuf>,
-    pub family: IpFamily,
-    pub local: String,
-    pub remote: String,
+    /// The last suppressed event.
+    #[serde(flatten)]
+    pub conflict: ConflictFields,
 }
 
 impl SummaryRecord {
@@ -198,14 +208,7 @@ impl SummaryRecord {
             time: rfc3339(wall_clock_ns(end_boot_ns)),
             suppressed,
             seconds,
-            action: last.action,
-            errno: last.errno_name(),
-            pid: last.pid,
-            comm: last.comm.clone(),
-            cgroup,
-            family: last.family,
-            local: last.local.to_string(),
-            remote: last.remote.to_string(),
+            conflict: ConflictFields::of(last, cgroup),
         }
     }
 }
