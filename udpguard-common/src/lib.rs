@@ -15,9 +15,13 @@ pub mod map_names {
     pub const META: &str = "META";
     /// Ring buffer of [`crate::ConflictEvent`]s, one per refused or audited connect.
     pub const EVENTS: &str = "EVENTS";
-    /// LRU hash [`crate::ClaimKey`] -> [`crate::Claim`]: the tuples sockets in the cgroup hold
-    /// or are about to hold.
+    /// Array of [`crate::ClaimBucket`]s: the tuples sockets in the cgroup hold or are about to
+    /// hold, by [`crate::ClaimKey::tag`].
     pub const CLAIMS: &str = "CLAIMS";
+    /// Array of [`crate::SocketRecord`]s: UDP sockets by cookie, their birth and their claim.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// One-entry array: the order clock, one tick per socket birth and per claim.
+    pub const ORDER: &str = "ORDER";
     /// LPM trie: (netns cookie, IPv4 destination prefix) -> [`crate::Route4`], kept by the agent.
     pub const ROUTES4: &str = "ROUTES4";
     /// LPM trie: (netns cookie, IPv6 destination prefix) -> [`crate::Route6`].
@@ -30,7 +34,8 @@ pub mod map_names {
     pub const NETNS_EVENTS: &str = "NETNS_EVENTS";
     /// Hash: netns cookie -> when the agent seeded the claim index there (fast path).
     pub const INDEXED_SINCE: &str = "INDEXED_SINCE";
-    /// Hash: netns cookie -> when a socket last connected that the claims cannot index.
+    /// Array: when a socket last connected that the claims cannot index, by netns cookie
+    /// modulo [`crate::UNINDEXED_SLOTS`]; the last slot is for every namespace at once.
     pub const UNINDEXED_AT: &str = "UNINDEXED_AT";
 }
 
@@ -46,7 +51,7 @@ pub mod program_names {
     pub const CONNECT6: &str = "connect6";
     /// cgroup/sock_release: releases the closing socket's claim.
     pub const RELEASE: &str = "release";
-    /// cgroup/sock_create: stamps a new UDP socket's creation time.
+    /// cgroup/sock_create: records a new UDP socket's birth on the order clock.
     pub const CREATE: &str = "create";
 }
 
@@ -84,8 +89,13 @@ pub struct Config {
     pub errno: u32,
     /// One of [`autobind`].
     pub autobind: u32,
-    pub _reserved: u32,
+    /// How many `jiffies` a claim stays fresh (able to refuse an older socket): at least
+    /// 10 ms, from the tick length user space reads off `CLOCK_MONOTONIC_COARSE`.
+    pub fresh_jiffies: u32,
 }
+
+/// Slots of the `UNINDEXED_AT` array, one per namespace (by cookie) plus one for all.
+pub const UNINDEXED_SLOTS: u32 = 1024;
 
 /// How long the agent's heartbeat stays trusted: without it, route data may be stale, and a
 /// wildcard-bound connect is let through unchecked.
@@ -303,31 +313,101 @@ pub struct ClaimKey {
     pub peer_addr: [u32; 4],
     pub local_port: u16,
     pub peer_port: u16,
-    /// 4 or 6; 0 marks an empty per-socket slot.
+    /// 4 or 6.
     pub family: u32,
 }
 
-/// Who claimed a tuple, and when.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Claim {
-    /// The claiming socket's cookie.
-    pub owner: u64,
-    /// `CLOCK_MONOTONIC` nanoseconds when it was claimed; compared signed across CPUs.
-    pub since_ns: u64,
+impl ClaimKey {
+    /// The tuple's 64-bit tag in the claim table (never 0, which marks a free slot): what the
+    /// programs and the agent's seeding both compute, so one definition serves both. Distinct
+    /// tuples share a tag with probability 2^-63.
+    #[inline(always)]
+    pub fn tag(&self) -> u64 {
+        let words = [
+            self.netns_cookie,
+            self.local_addr[0] as u64 | (self.local_addr[1] as u64) << 32,
+            self.local_addr[2] as u64 | (self.local_addr[3] as u64) << 32,
+            self.peer_addr[0] as u64 | (self.peer_addr[1] as u64) << 32,
+            self.peer_addr[2] as u64 | (self.peer_addr[3] as u64) << 32,
+            self.local_port as u64 | (self.peer_port as u64) << 16 | (self.family as u64) << 32,
+        ];
+        let mut hash = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut i = 0;
+        while i < words.len() {
+            hash = mix(hash ^ words[i]);
+            i += 1;
+        }
+        hash | 1
+    }
 }
 
-/// What a socket remembers in its own storage: when it was created, and the claim it holds
-/// (to release it on close and when it connects elsewhere).
+/// splitmix64's finalizer: every input bit flips about half the output bits.
+#[inline(always)]
+const fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Buckets in the claim table; a tuple's bucket is picked by its tag.
+pub const CLAIM_BUCKETS: u32 = 1 << 14;
+/// Claims per bucket: 131,072 in all. With 10,000 held tuples, a bucket overflows (and the
+/// fast path turns off) with probability about 1 in 4,000.
+pub const CLAIM_WAYS: usize = 8;
+
+/// The bucket of a tuple with this tag.
+#[inline(always)]
+pub const fn claim_bucket(tag: u64) -> u32 {
+    (tag >> 40) as u32 & (CLAIM_BUCKETS - 1)
+}
+
+/// One claim: a tuple a socket holds or is about to hold. A writer wins a slot with one
+/// compare-and-swap (of `tag` when free, of `order` otherwise), holds it with `order` at 0, and
+/// writes `order` last.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SocketClaim {
-    pub key: ClaimKey,
-    /// The socket's own cookie (the claim's owner).
+pub struct ClaimSlot {
+    /// [`ClaimKey::tag`] of the tuple; 0 marks a free slot.
+    pub tag: u64,
+    /// The claim's place on the order clock (`ORDER`: one tick per socket birth), so a
+    /// socket's birth can be compared with it; [`SEEDED_ORDER`] for a seeded claim; 0 while
+    /// the slot is being written (free slots included).
+    pub order: u64,
+    /// `jiffies` when claimed: how fresh it is.
+    pub since_jiffies: u64,
+    /// The claiming socket's cookie; 0 for a claim seeded from a socket dump.
     pub owner: u64,
-    /// `CLOCK_MONOTONIC` nanoseconds at socket creation; 0 if it predates the attachment.
-    pub created_ns: u64,
 }
+
+/// The order of a claim the agent seeded from a socket dump: older than every socket.
+pub const SEEDED_ORDER: u64 = 1;
+
+/// A bucket of the claim table (`CLAIMS`, a memory-mappable array, so the agent seeds it with
+/// the same atomic steps the programs take).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClaimBucket {
+    pub slots: [ClaimSlot; CLAIM_WAYS],
+}
+
+/// A UDP socket the programs have seen born: in the `SOCKETS` array, at the first free place
+/// from its cookie on. Freed when the socket closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketRecord {
+    /// The socket's cookie; 0 marks a free record.
+    pub cookie: u64,
+    /// Its birth on the order clock.
+    pub born: u64,
+    /// Its claim's place in the table (bucket * [`CLAIM_WAYS`] + way) plus one; 0 for none.
+    pub claim: u64,
+    /// Its claim's order, to tell it from a later claim in the same place.
+    pub claim_order: u64,
+}
+
+/// Places in the `SOCKETS` array, and how many a socket's record may be from its home.
+pub const SOCKET_RECORDS: u32 = 1 << 17;
+pub const SOCKET_PROBES: u32 = 8;
 
 /// What the guard did with a conflicting connect, in [`ConflictEvent::action`].
 pub mod action {
@@ -376,7 +456,7 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClaimKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::Claim {}
+    unsafe impl aya::Pod for super::ClaimBucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AgentState {}
     // SAFETY: as above.
@@ -390,6 +470,58 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_tags_are_never_free_and_tell_tuples_apart() {
+        let key = ClaimKey {
+            netns_cookie: 4096,
+            local_addr: [0x0100_007f, 0, 0, 0],
+            peer_addr: [0x0200_007f, 0, 0, 0],
+            local_port: 4444u16.to_be(),
+            peer_port: 53u16.to_be(),
+            family: 4,
+        };
+        let mut tags = [0u64; 6];
+        tags[0] = key.tag();
+        tags[1] = ClaimKey {
+            netns_cookie: 4097,
+            ..key
+        }
+        .tag();
+        tags[2] = ClaimKey {
+            peer_port: 54u16.to_be(),
+            ..key
+        }
+        .tag();
+        tags[3] = ClaimKey {
+            local_port: 53u16.to_be(),
+            peer_port: 4444u16.to_be(),
+            ..key
+        }
+        .tag();
+        tags[4] = ClaimKey {
+            local_addr: key.peer_addr,
+            peer_addr: key.local_addr,
+            ..key
+        }
+        .tag();
+        tags[5] = ClaimKey { family: 6, ..key }.tag();
+        for (i, a) in tags.iter().enumerate() {
+            assert_ne!(*a, 0, "0 marks a free slot");
+            assert!(claim_bucket(*a) < CLAIM_BUCKETS);
+            for b in &tags[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(key.tag(), tags[0], "one tuple, one tag");
+    }
+
+    #[test]
+    fn the_claim_table_layout_is_what_the_mapping_expects() {
+        assert_eq!(core::mem::size_of::<ClaimSlot>(), 32);
+        assert_eq!(core::mem::size_of::<ClaimBucket>(), 32 * CLAIM_WAYS);
+        assert!(SEEDED_ORDER != 0, "0 marks a slot being written");
+    }
 
     #[test]
     fn route_keys_put_the_cookie_first_then_the_address() {

@@ -1,52 +1,56 @@
 //! Claims close the race the kernel's lookup alone leaves open: two sockets connecting to the
 //! same tuple at once both pass the lookup, because neither is hashed as connected until after
-//! this hook. Before a connect goes ahead it claims its tuple in a map shared by all CPUs
-//! (`BPF_NOEXIST`: exactly one wins).
+//! this hook. Before a connect goes ahead it claims its tuple in a table shared by all CPUs:
+//! a slot is won with one compare-and-swap, so exactly one of two racers gets the claim, and no
+//! program ever waits for another CPU (a VM's vCPU can be paused mid-write for milliseconds).
 //!
 //! A newcomer that finds another socket's claim and no holder in the lookup cannot tell a
 //! racer still on its way to the hash from a claimant that has left without a hook running
 //! (connect failed, or `connect(AF_UNSPEC)`). It decides by two facts:
-//! - a claim older than [`FRESH_NS`] is stale, whatever its story: taken over;
-//! - a fresh claim refuses only a socket that already existed when the claim was made, as
-//!   every racer's did. A socket created after it (a newcomer taking a tuple its holder just
-//!   dropped) takes the claim over.
+//! - a claim older than `Config::fresh_jiffies` (10 ms) is stale, whatever its story: taken
+//!   over;
+//! - a fresh claim refuses only a socket born before it, as every racer's was. Births tick one
+//!   clock (`ORDER`) and claims read it, so a socket created after the claim (a newcomer taking
+//!   a tuple its holder just dropped) takes the claim over.
+//!
 //! Claims are released when their socket closes or connects elsewhere, so the common cases
-//! never get here.
+//! never get here. Everything is an array (no hash-map update on any path: those cost
+//! ~200 ns each), and the only clock read is `jiffies`, which the verifier inlines.
 use core::{
     ffi::c_void,
-    intrinsics::{AtomicOrdering, atomic_cxchg},
-    ptr,
+    intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xadd, atomic_xchg},
+    ptr::{self, null_mut},
 };
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    btf_maps::{HashMap, LruHashMap},
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    btf_maps::Array,
+    helpers::generated::{bpf_get_socket_cookie, bpf_jiffies64},
     macros::btf_map,
     programs::SockAddrContext,
 };
-use udpguard_common::{Claim, ClaimKey, SocketClaim};
+use udpguard_common::{
+    CLAIM_BUCKETS, CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SOCKET_PROBES, SOCKET_RECORDS,
+    SocketRecord, claim_bucket,
+};
 
-/// How long a claim stays able to refuse: longer than a connect can take from this hook to the
-/// hash even when its CPU is descheduled (a VM's vCPU can be paused for milliseconds).
-const FRESH_NS: i64 = 10_000_000;
+use crate::{CONFIG, fastpath};
 
-/// Capacity of the claim map: LRU, so it can never fill up and refuse to claim.
-const CLAIMS_MAX: usize = 65536;
+/// `BPF_F_MMAPABLE`: the agent seeds the table through a shared mapping, with the same steps.
+const MMAPABLE: usize = 1 << 10;
 
 #[btf_map]
-static CLAIMS: LruHashMap<ClaimKey, Claim, CLAIMS_MAX> = LruHashMap::new();
+static CLAIMS: Array<ClaimBucket, { CLAIM_BUCKETS as usize }, MMAPABLE> = Array::new();
 
-/// Sockets the claims know, by cookie: when each was created, and the claim it holds. Added
-/// by `sock_create`, removed by `sock_release`. A preallocated hash, not socket-local storage:
-/// allocating that costs about a microsecond per socket, this a few map operations. A socket
-/// missing here (created before the attach, or the map full) counts as old and releases no
-/// claim on close, which only ever makes the guard more careful.
+/// UDP sockets by cookie (probing from `cookie % SOCKET_RECORDS`): their birth, and the claim
+/// each holds. Written at `sock_create`, freed at `sock_release`. A socket without a record
+/// (created before the attach, or no free place) counts as old and releases no claim on close,
+/// which only ever makes the guard more careful.
 #[btf_map]
-static SOCKETS: HashMap<u64, SocketClaim, SOCKETS_MAX> = HashMap::new();
+static SOCKETS: Array<SocketRecord, { SOCKET_RECORDS as usize }> = Array::new();
 
-/// UDP sockets alive in the cgroup that the claims can keep records for.
-const SOCKETS_MAX: usize = 65536;
+/// The order clock: one tick per socket birth; a claim's order is the next tick.
+#[btf_map]
+static ORDER: Array<u64, 1> = Array::new();
 
 /// Whether the caller may go ahead.
 pub enum Claimed {
@@ -58,142 +62,415 @@ pub enum Claimed {
     Lost,
     /// A claim was there and the kernel's lookup found its ESTABLISHED holder.
     Held,
+    /// No claim could be recorded (the bucket is full of fresh claims): nobody else claims
+    /// the tuple, but the claims will not know this socket holds it.
+    Unrecorded,
 }
+
+/// A slot's `order` while it is being written (claimed, taken over or released): readers
+/// treat it as a claim in progress.
+const WRITING: u64 = 0;
+
+/// What a bucket says of a tag: one of the kinds below, the way, and a copy of its slot. A
+/// plain struct, every field set: an enum's unset payload can reach the verifier as an
+/// uninitialized register.
+struct Found {
+    kind: u32,
+    way: usize,
+    slot: ClaimSlot,
+}
+
+/// A claim of the tag (its slot a consistent copy, `order == WRITING` while being written).
+const CLAIM: u32 = 1;
+/// No claim; the way is free.
+const FREE: u32 = 2;
+/// No claim and no free way; the way holds a stale claim of another tuple.
+const STALE: u32 = 3;
+/// No claim and no room.
+const FULL: u32 = 4;
 
 /// Claims `key` for the connecting socket. `held` (the kernel's lookup) is asked only when a
 /// claim is there already. On success the socket's previous claim (if it held another tuple)
 /// is released, since it is moving away from it.
+///
+/// Lock-free: a slot is won with one compare-and-swap (its tag when free, its order when
+/// taken over), and written with `order` last, so a reader sees a whole claim or one in
+/// progress. Nothing ever waits for another CPU.
 #[inline(always)]
 pub fn claim(ctx: &SockAddrContext, key: &ClaimKey, held: impl Fn() -> bool) -> Claimed {
-    // SAFETY: plain helper calls on the program's own context.
-    let (me, now) = unsafe {
-        (
-            bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            bpf_ktime_get_ns(),
-        )
+    // SAFETY: a plain helper call on the program's own context.
+    let me = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let tag = key.tag();
+    let place = claim_bucket(tag);
+    let Some(bucket) = CLAIMS.get_ptr_mut(place) else {
+        return Claimed::Unrecorded;
     };
-    let mine = SOCKETS.get_ptr_mut(me).unwrap_or(ptr::null_mut());
-    let claimed = if CLAIMS
-        .insert(
-            key,
-            Claim {
-                owner: me,
-                since_ns: now,
+    let record = record_of(me);
+    // SAFETY: `now` is a plain helper; `bucket` points into the table.
+    let now = unsafe { bpf_jiffies64() };
+    let fresh = fresh_jiffies();
+    // Twice: a free way another CPU wins first is looked at again.
+    for _ in 0..2 {
+        // SAFETY: as above.
+        let found = unsafe { find(bucket, tag, now, fresh) };
+        let (way, seen) = (found.way, found.slot);
+        let order = match found.kind {
+            CLAIM if seen.order != WRITING && seen.owner == me => {
+                return Claimed::Ours; // our own claim: a re-connect to the same tuple
+            }
+            CLAIM => return contest(bucket, way, seen, tag, now, fresh, me, record, place, &held),
+            // SAFETY: as above.
+            FREE => match unsafe { take_free(bucket, way, tag, now, me) } {
+                Some(order) => order,
+                None => continue,
             },
-            BPF_NOEXIST.into(),
-        )
-        .is_ok()
-    {
-        Claimed::Ours
-    } else if held() {
-        Claimed::Held
-    } else {
-        match CLAIMS.get_ptr_mut(key) {
-            // SAFETY: a pointer into a live map value; `mine` is null or valid.
-            Some(claim) => unsafe { contest(claim, me, now, created_ns(mine)) },
-            // Released between our insert and this look (its socket closed): a racer is
-            // re-inserting it now, or nobody is; refusing would be a guess.
-            None => Claimed::TakenOver,
+            // SAFETY: as above.
+            STALE => match unsafe { take_over(bucket, way, &seen, tag, now, me) } {
+                Some(order) => {
+                    // A claim that may be a held tuple's is gone: the index is incomplete.
+                    fastpath::note_unindexed_everywhere();
+                    order
+                }
+                None => continue,
+            },
+            _ => return Claimed::Unrecorded,
+        };
+        // SAFETY: as above; `way` is ours.
+        unsafe {
+            // A racer that saw another way free may hold the tag elsewhere: of two such, at
+            // least one sees the other (each looks after its swap) and backs off.
+            if claimed_elsewhere(bucket, way, tag) {
+                free(bucket, way);
+                return Claimed::Lost;
+            }
+            remember(record, place, way, order, me);
         }
-    };
-    if matches!(claimed, Claimed::Ours | Claimed::TakenOver) && !mine.is_null() {
-        // SAFETY: this socket's own record; only its own hooks write it.
-        unsafe { remember(mine, key, me) };
+        return Claimed::Ours;
     }
-    claimed
-}
-
-/// When the socket was created, as `sock_create` recorded; 0 (older than any claim) when it
-/// has no record.
-#[inline(always)]
-unsafe fn created_ns(mine: *mut SocketClaim) -> u64 {
-    // SAFETY: the caller passes null or a valid record.
-    if mine.is_null() {
-        0
-    } else {
-        unsafe { (*mine).created_ns }
-    }
+    Claimed::Unrecorded
 }
 
 /// Decides on another socket's claim, per the rules at the top of this file.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn contest(claim: *mut Claim, me: u64, now: u64, my_birth: u64) -> Claimed {
-    // SAFETY: the caller passes a valid pointer into a map value, 8-byte aligned.
+fn contest(
+    bucket: *mut ClaimBucket,
+    way: usize,
+    seen: ClaimSlot,
+    tag: u64,
+    now: u64,
+    fresh: u64,
+    me: u64,
+    record: *mut SocketRecord,
+    place: u32,
+    held: &impl Fn() -> bool,
+) -> Claimed {
+    if held() {
+        return Claimed::Held;
+    }
+    // Being written: a racer is claiming the tuple this instant.
+    if seen.order == WRITING {
+        return Claimed::Lost;
+    }
+    let is_fresh = now.wrapping_sub(seen.since_jiffies) <= fresh;
+    // SAFETY: `record` is null or this socket's own record.
+    if is_fresh && unsafe { born(record) } < seen.order {
+        return Claimed::Lost; // born before the claim: it may be racing its claimant
+    }
+    // Stale, or we are newer: take it over, unless another newcomer does first.
+    // SAFETY: `bucket` points into the table.
+    match unsafe { take_over(bucket, way, &seen, tag, now, me) } {
+        Some(order) => {
+            // SAFETY: this socket's own record.
+            unsafe { remember(record, place, way, order, me) };
+            Claimed::TakenOver
+        }
+        None => Claimed::Lost,
+    }
+}
+
+/// The claim of `tag` in the bucket, else room for one.
+#[inline(always)]
+unsafe fn find(bucket: *mut ClaimBucket, tag: u64, now: u64, fresh: u64) -> Found {
+    let mut room = Found {
+        kind: FULL,
+        way: 0,
+        slot: ClaimSlot::default(),
+    };
+    for way in 0..CLAIM_WAYS {
+        // SAFETY: the caller passes a pointer into the table.
+        let slot = unsafe { snapshot(bucket, way) };
+        if slot.tag == tag {
+            return Found {
+                kind: CLAIM,
+                way,
+                slot,
+            };
+        }
+        let stale = slot.order != WRITING && now.wrapping_sub(slot.since_jiffies) > fresh;
+        if (slot.tag == 0 && room.kind != FREE) || (slot.tag != 0 && room.kind == FULL && stale) {
+            room = Found {
+                kind: if slot.tag == 0 { FREE } else { STALE },
+                way,
+                slot,
+            };
+        }
+    }
+    room
+}
+
+/// A consistent copy of a slot: `order` is read before and after the rest, and a slot that
+/// changed meanwhile reads as being written.
+#[inline(always)]
+unsafe fn snapshot(bucket: *mut ClaimBucket, way: usize) -> ClaimSlot {
+    // SAFETY: the caller passes a pointer into the table; `way` is masked in bounds.
     unsafe {
-        if ptr::read_volatile(&(*claim).owner) == me {
-            return Claimed::Ours; // our own claim: a re-connect to the same tuple
+        let slot = &raw const (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let order = ptr::read_volatile(&(*slot).order);
+        let mut copy = ClaimSlot {
+            tag: ptr::read_volatile(&(*slot).tag),
+            order,
+            since_jiffies: ptr::read_volatile(&(*slot).since_jiffies),
+            owner: ptr::read_volatile(&(*slot).owner),
+        };
+        if ptr::read_volatile(&(*slot).order) != order
+            || ptr::read_volatile(&(*slot).tag) != copy.tag
+        {
+            copy.order = WRITING;
         }
-        let since = &raw mut (*claim).since_ns;
-        let seen = ptr::read_volatile(since);
-        // Signed: another CPU's clock reading may be later than ours.
-        let fresh = (now as i64).wrapping_sub(seen as i64) < FRESH_NS;
-        if fresh && (my_birth as i64).wrapping_sub(seen as i64) <= 0 {
-            return Claimed::Lost;
-        }
-        // Two newcomers taking over the same claim: the swap lets exactly one have it.
-        let (_, swapped) =
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                since, seen, now,
-            );
-        if !swapped {
-            return Claimed::Lost;
-        }
-        ptr::write_volatile(&mut (*claim).owner, me);
-        Claimed::TakenOver
+        copy
     }
 }
 
-/// Records the socket's claim in its record, releasing the one it held before.
+/// Wins a free way for `tag` and writes the claim; its order, or None if another CPU won it.
 #[inline(always)]
-unsafe fn remember(mine: *mut SocketClaim, key: &ClaimKey, me: u64) {
-    // SAFETY: the caller passes this socket's own record.
+unsafe fn take_free(
+    bucket: *mut ClaimBucket,
+    way: usize,
+    tag: u64,
+    now: u64,
+    me: u64,
+) -> Option<u64> {
+    // SAFETY: the caller passes a pointer into the table; `way` is masked in bounds.
     unsafe {
-        let previous = (*mine).key;
-        if previous.family != 0 && previous != *key {
-            release(&previous, me);
+        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        // A free slot's order is WRITING already: readers see a claim in progress at once.
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*slot).tag, 0, tag).1 {
+            return None;
         }
-        (*mine).key = *key;
-        (*mine).owner = me;
+        Some(publish(slot, now, me))
     }
 }
 
-/// Drops a socket's claim, unless another socket has taken it over since.
+/// Wins a claimed way by swapping its order for WRITING, if it still holds the claim `seen`,
+/// and writes the caller's claim of `tag` there.
 #[inline(always)]
-fn release(key: &ClaimKey, owner: u64) {
-    if let Some(claim) = CLAIMS.get_ptr(key) {
-        // SAFETY: a pointer into a live map value.
-        if unsafe { ptr::read_volatile(&(*claim).owner) } == owner {
-            let _ = CLAIMS.remove(key);
+unsafe fn take_over(
+    bucket: *mut ClaimBucket,
+    way: usize,
+    seen: &ClaimSlot,
+    tag: u64,
+    now: u64,
+    me: u64,
+) -> Option<u64> {
+    // SAFETY: the caller passes a pointer into the table; `way` is masked in bounds.
+    unsafe {
+        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let order = &raw mut (*slot).order;
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order, seen.order, WRITING).1 {
+            return None;
+        }
+        // Orders repeat when no socket was born between two claims: make sure it is the same
+        // claim, else put it back.
+        if ptr::read_volatile(&(*slot).tag) != seen.tag
+            || ptr::read_volatile(&(*slot).owner) != seen.owner
+        {
+            atomic_xchg::<u64, { SeqCst }>(order, seen.order);
+            return None;
+        }
+        ptr::write_volatile(&raw mut (*slot).tag, tag);
+        Some(publish(slot, now, me))
+    }
+}
+
+/// Writes a won slot's claim, `order` last (a full barrier): the claim is whole from then on.
+#[inline(always)]
+unsafe fn publish(slot: *mut ClaimSlot, now: u64, me: u64) -> u64 {
+    let order = next_order();
+    // SAFETY: the caller won the slot.
+    unsafe {
+        ptr::write_volatile(&raw mut (*slot).since_jiffies, now);
+        ptr::write_volatile(&raw mut (*slot).owner, me);
+        atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, order);
+    }
+    order
+}
+
+/// True when another way of the bucket holds `tag`.
+#[inline(always)]
+unsafe fn claimed_elsewhere(bucket: *mut ClaimBucket, mine: usize, tag: u64) -> bool {
+    let mut found = false;
+    for way in 0..CLAIM_WAYS {
+        // SAFETY: the caller passes a pointer into the table.
+        found |= way != mine && unsafe { ptr::read_volatile(&(*bucket).slots[way].tag) } == tag;
+    }
+    found
+}
+
+/// Frees a way the caller holds: order to WRITING first, so nobody reads a half-free claim.
+#[inline(always)]
+unsafe fn free(bucket: *mut ClaimBucket, way: usize) {
+    // SAFETY: the caller passes a pointer into the table and holds the way.
+    unsafe {
+        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, WRITING);
+        ptr::write_volatile(&raw mut (*slot).owner, 0);
+        ptr::write_volatile(&raw mut (*slot).since_jiffies, 0);
+        atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).tag, 0);
+    }
+}
+
+/// Notes in the socket's record where its claim is, releasing the one it held before.
+#[inline(always)]
+unsafe fn remember(record: *mut SocketRecord, place: u32, way: usize, order: u64, me: u64) {
+    if record.is_null() {
+        return;
+    }
+    let claim = place as u64 * CLAIM_WAYS as u64 + way as u64 + 1;
+    // SAFETY: the socket's own record; its connects and close are serialized by the kernel.
+    unsafe {
+        let (previous, previous_order) = ((*record).claim, (*record).claim_order);
+        (*record).claim = claim;
+        (*record).claim_order = order;
+        if previous != 0 && previous != claim {
+            release(previous, previous_order, me);
         }
     }
 }
 
-/// Records a new UDP socket and its birth time (`ctx` is a cgroup/sock_create context).
+/// Frees a claim (`claim` as a record holds it), unless another socket has taken it over.
+#[inline(always)]
+fn release(claim: u64, order: u64, owner: u64) {
+    let place = ((claim - 1) / CLAIM_WAYS as u64) as u32;
+    let way = ((claim - 1) % CLAIM_WAYS as u64) as usize;
+    let Some(bucket) = CLAIMS.get_ptr_mut(place) else {
+        return;
+    };
+    // SAFETY: a pointer into the table; the swap of its order makes the way ours.
+    unsafe {
+        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let order_word = &raw mut (*slot).order;
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order_word, order, WRITING).1 {
+            return; // taken over: not ours to free
+        }
+        if ptr::read_volatile(&(*slot).owner) != owner {
+            atomic_xchg::<u64, { SeqCst }>(order_word, order); // a later claim, same order
+            return;
+        }
+        free(bucket, way);
+    }
+}
+
+/// A birth: one tick of the order clock; returns the clock after it. (An atomic add without
+/// fetch: the only kind the BPF CPU version these programs are built for has.)
+#[inline(always)]
+fn tick() -> u64 {
+    match ORDER.get_ptr_mut(0) {
+        // SAFETY: an aligned u64 in a map value.
+        Some(clock) => unsafe {
+            atomic_xadd::<u64, u64, { SeqCst }>(clock, 1);
+            ptr::read_volatile(clock)
+        },
+        None => 0,
+    }
+}
+
+/// A claim's order: the next tick, so a socket born before it is older and one born after it
+/// is not (never `WRITING`; a seeded claim's order is 1 too, told apart by its owner 0).
+#[inline(always)]
+fn next_order() -> u64 {
+    // SAFETY: an aligned u64 in a map value.
+    ORDER
+        .get_ptr(0)
+        .map_or(0, |clock| unsafe { ptr::read_volatile(clock) })
+        + 1
+}
+
+#[inline(always)]
+fn fresh_jiffies() -> u64 {
+    match CONFIG.get(0) {
+        Some(config) if config.fresh_jiffies != 0 => config.fresh_jiffies as u64,
+        // Not configured: 10 ms at the lowest common tick rate (100 Hz), plus one tick.
+        _ => 2,
+    }
+}
+
+/// The socket's record, or null when it has none.
+#[inline(always)]
+fn record_of(cookie: u64) -> *mut SocketRecord {
+    for probe in 0..SOCKET_PROBES {
+        let index = (cookie as u32).wrapping_add(probe) & (SOCKET_RECORDS - 1);
+        if let Some(record) = SOCKETS.get_ptr_mut(index) {
+            // SAFETY: a pointer into the records array.
+            if unsafe { ptr::read_volatile(&(*record).cookie) } == cookie {
+                return record;
+            }
+        }
+    }
+    null_mut()
+}
+
+/// The socket's birth on the order clock; 0 (older than any claim) without a record.
+#[inline(always)]
+unsafe fn born(record: *mut SocketRecord) -> u64 {
+    // SAFETY: the caller passes null or the socket's own record.
+    if record.is_null() {
+        0
+    } else {
+        unsafe { (*record).born }
+    }
+}
+
+/// Records a new UDP socket and its birth (`ctx` is a cgroup/sock_create context).
 #[inline(always)]
 pub unsafe fn stamp_birth(ctx: *mut c_void) {
-    // SAFETY: plain helper calls on the program's own context.
-    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx), bpf_ktime_get_ns()) };
-    let record = SocketClaim {
-        created_ns: now,
-        ..SocketClaim::default()
-    };
-    // Full: the socket goes unrecorded, and counts as old.
-    let _ = SOCKETS.insert(cookie, record, BPF_ANY.into());
+    // SAFETY: a plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
+    let born = tick();
+    for probe in 0..SOCKET_PROBES {
+        let index = (cookie as u32).wrapping_add(probe) & (SOCKET_RECORDS - 1);
+        let Some(record) = SOCKETS.get_ptr_mut(index) else {
+            continue;
+        };
+        // SAFETY: a pointer into the records array; the swap makes the free place ours.
+        unsafe {
+            if atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*record).cookie, 0, cookie).1 {
+                (*record).born = born;
+                (*record).claim = 0;
+                (*record).claim_order = 0;
+                return;
+            }
+        }
+    }
+    // No free place: the socket goes unrecorded, and counts as old.
 }
 
-/// Releases the claim of a closing socket and forgets it (`ctx` is a cgroup/sock_release
-/// context).
+/// Releases the claim of a closing socket and frees its record (`ctx` is a
+/// cgroup/sock_release context).
 #[inline(always)]
 pub unsafe fn release_socket(ctx: *mut c_void) {
     // SAFETY: a plain helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx) };
-    let Some(record) = SOCKETS.get_ptr(cookie) else {
+    let record = record_of(cookie);
+    if record.is_null() {
         return;
-    };
-    // SAFETY: a pointer into a live map value, copied out at once.
-    let held = unsafe { *record };
-    if held.key.family != 0 {
-        release(&held.key, held.owner);
     }
-    let _ = SOCKETS.remove(cookie);
+    // SAFETY: the socket's own record.
+    unsafe {
+        let claim = (*record).claim;
+        if claim != 0 {
+            release(claim, (*record).claim_order, cookie);
+        }
+        atomic_xchg::<u64, { SeqCst }>(&raw mut (*record).cookie, 0);
+    }
 }

@@ -86,7 +86,7 @@ pub fn connect6_plain(ctx: SockAddrContext) -> i32 {
     on_connect::<false>(&ctx, Hook::Connect6)
 }
 
-/// A new UDP socket gets its birth time stamped: a fresh claim refuses only older sockets.
+/// A new UDP socket gets its birth recorded: a fresh claim refuses only older sockets.
 #[cgroup_sock(sock_create)]
 pub fn create(ctx: SockContext) -> i32 {
     // SAFETY: the context is the new socket; reading its type and protocol is allowed.
@@ -99,8 +99,8 @@ pub fn create(ctx: SockContext) -> i32 {
     ALLOW
 }
 
-/// A closing socket lets go of its claim (sock_release cannot read ports: the claim's key is
-/// in the socket's storage).
+/// A closing socket lets go of its claim (sock_release cannot read ports: where the claim is
+/// comes from the socket's record).
 #[cgroup_sock(sock_release)]
 pub fn release(ctx: SockContext) -> i32 {
     // SAFETY: the context is the closing socket.
@@ -233,6 +233,11 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
                 claims::Claimed::Lost => {
                     count(Counter::Raced);
                     act_on_conflict::<SET_RETVAL>(ctx, &tuple)
+                }
+                claims::Claimed::Unrecorded => {
+                    // Nobody claims the tuple, but the claims will not know it is held.
+                    fastpath::note_unindexed(netns);
+                    ALLOW
                 }
             }
         }

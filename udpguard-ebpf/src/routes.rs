@@ -85,6 +85,11 @@ fn namespace_ready(netns_cookie: u64) -> Result<(), Counter> {
 /// turned on): reports it once.
 #[inline(always)]
 pub fn note_namespace(netns_cookie: u64) {
+    // No agent has run since the attach: nobody to tell (it looks for namespaces itself when
+    // it starts), and the common path skips a hash lookup.
+    if AGENT.get(0).is_none_or(|a| a.heartbeat_ns == 0) {
+        return;
+    }
     // SAFETY: the value is not kept.
     if unsafe { NETNS.get(netns_cookie) }.is_none() {
         report_new_namespace(netns_cookie);

@@ -188,13 +188,9 @@ pub fn open_events(dir: &Path) -> Result<RingBuf<MapData>> {
     Ok(RingBuf::try_from(aya::maps::Map::RingBuf(map)).context("events map")?)
 }
 
-/// How many tuples the attachment's claim map holds.
+/// How many tuples the attachment's claim table holds (a read-only look).
 pub fn count_claims(dir: &Path) -> Result<usize> {
-    let map = MapData::from_pin(dir.join(CLAIMS_PIN))
-        .with_context(|| format!("opening {}/{CLAIMS_PIN}", dir.display()))?;
-    let claims: aya::maps::HashMap<MapData, udpguard_common::ClaimKey, udpguard_common::Claim> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).context("claims map")?;
-    Ok(claims.keys().filter(Result::is_ok).count())
+    Ok(crate::claims::ClaimTable::open(dir, false)?.count())
 }
 
 /// An attachment opened from its pins.

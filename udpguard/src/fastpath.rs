@@ -4,16 +4,18 @@
 //! before are added to the claims from a socket dump. It withdraws as soon as either stops
 //! being true; the programs themselves notice connects the claims cannot index.
 use std::{
+    collections::{HashMap as StdHashMap, HashSet},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData};
-use udpguard_common::{Claim, ClaimKey};
+use aya::maps::{Array, HashMap, Map, MapData};
+use udpguard_common::{ClaimKey, UNINDEXED_SLOTS};
 
 use crate::{
-    attachment::{CLAIMS_PIN, INDEXED_SINCE_PIN, UNINDEXED_AT_PIN},
+    attachment::{INDEXED_SINCE_PIN, UNINDEXED_AT_PIN},
+    claims::{ClaimTable, Seeded},
     scan::{sock_diag::SockDiag, socket::ConnectedUdpSocket},
 };
 
@@ -22,16 +24,16 @@ use crate::{
 /// hold it, is noted after the seeding time and keeps the fast path off.
 const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(1);
 
-/// `BPF_NOEXIST`: add, never overwrite (a program's own claim is better than ours).
-const BPF_NOEXIST: u64 = 1;
-
-/// Above this many claims the LRU map might evict a live one: the index would lie.
-const CLAIMS_SAFE: usize = 32768;
+/// How often seeded claims of sockets that have closed since are cleared (sockets the programs
+/// did not see born release no claim on close).
+const SEED_SWEEP: Duration = Duration::from_secs(10);
 
 pub struct FastPathMaps {
     indexed_since: HashMap<MapData, u64, u64>,
-    unindexed_at: HashMap<MapData, u64, u64>,
-    claims: HashMap<MapData, ClaimKey, Claim>,
+    unindexed_at: Array<MapData, u64>,
+    claims: ClaimTable,
+    /// Per namespace: the tuples seeded and still held at the last sweep, and when that was.
+    seeded: StdHashMap<u64, (Instant, HashSet<ClaimKey>)>,
 }
 
 impl FastPathMaps {
@@ -42,8 +44,9 @@ impl FastPathMaps {
         };
         Ok(FastPathMaps {
             indexed_since: HashMap::try_from(Map::HashMap(open(INDEXED_SINCE_PIN)?))?,
-            unindexed_at: HashMap::try_from(Map::HashMap(open(UNINDEXED_AT_PIN)?))?,
-            claims: HashMap::try_from(Map::LruHashMap(open(CLAIMS_PIN)?))?,
+            unindexed_at: Array::try_from(Map::Array(open(UNINDEXED_AT_PIN)?))?,
+            claims: ClaimTable::open(dir, true)?,
+            seeded: StdHashMap::new(),
         })
     }
 
@@ -65,10 +68,12 @@ impl FastPathMaps {
         let Ok(since) = self.indexed_since.get(&netns_cookie, 0) else {
             return false;
         };
-        match self.unindexed_at.get(&netns_cookie, 0) {
-            Ok(at) => (at as i64).wrapping_sub(since as i64) < 0,
-            Err(_) => true,
-        }
+        let before_since = |slot: u32| {
+            self.unindexed_at
+                .get(&slot, 0)
+                .is_ok_and(|at| (at as i64).wrapping_sub(since as i64) < 0)
+        };
+        before_since(netns_cookie as u32 & (UNINDEXED_SLOTS - 1)) && before_since(UNINDEXED_SLOTS)
     }
 
     /// How many namespaces the fast path is on in.
@@ -77,9 +82,25 @@ impl FastPathMaps {
         cookies.into_iter().filter(|c| self.is_on(*c)).count()
     }
 
-    /// Whether the claim map is full enough that LRU eviction could drop a live claim.
-    pub fn crowded(&self) -> bool {
-        self.claims.keys().take(CLAIMS_SAFE + 1).count() > CLAIMS_SAFE
+    /// Clears the seeded claims of tuples no socket in the namespace holds any more.
+    fn sweep(&mut self, netns_cookie: u64) -> anyhow::Result<()> {
+        let Some((swept, seeded)) = self.seeded.get_mut(&netns_cookie) else {
+            return Ok(());
+        };
+        if seeded.is_empty() || swept.elapsed() < SEED_SWEEP {
+            return Ok(());
+        }
+        let held: HashSet<ClaimKey> = SockDiag::open()?
+            .dump_connected_udp()?
+            .iter()
+            .map(|socket| claim_key(netns_cookie, socket))
+            .collect();
+        for key in seeded.difference(&held) {
+            self.claims.unseed(key)?;
+        }
+        seeded.retain(|key| held.contains(key));
+        *swept = Instant::now();
+        Ok(())
     }
 }
 
@@ -92,11 +113,12 @@ pub fn refresh(
     guarded: &Path,
     now_ns: u64,
 ) -> anyhow::Result<bool> {
-    if !every_process_inside(netns, guarded) || maps.lock().unwrap().crowded() {
+    if !every_process_inside(netns, guarded) {
         maps.lock().unwrap().withdraw(netns_cookie);
         return Ok(false);
     }
     if maps.lock().unwrap().is_on(netns_cookie) {
+        maps.lock().unwrap().sweep(netns_cookie)?;
         return Ok(true);
     }
     // Seed: what connected before now is in the dump; what connects after goes through the
@@ -104,11 +126,16 @@ pub fn refresh(
     let since = now_ns.saturating_sub(IN_FLIGHT_MARGIN.as_nanos() as u64);
     let sockets = SockDiag::open()?.dump_connected_udp()?;
     let mut maps = maps.lock().unwrap();
+    let mut seeded = HashSet::new();
     for socket in &sockets {
         let key = claim_key(netns_cookie, socket);
-        // An owner no socket has and an old time: a lookup confirms it before it refuses.
-        let _ = maps.claims.insert(key, Claim::default(), BPF_NOEXIST);
+        if maps.claims.seed(&key)? == Seeded::NoRoom {
+            tracing::debug!("netns {netns_cookie}: a claim bucket is full, fast path stays off");
+            return Ok(false);
+        }
+        seeded.insert(key);
     }
+    maps.seeded.insert(netns_cookie, (Instant::now(), seeded));
     maps.indexed_since.insert(netns_cookie, since, 0)?;
     tracing::debug!(
         "netns {netns_cookie}: fast path on, {} connected sockets indexed",

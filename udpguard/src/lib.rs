@@ -13,6 +13,7 @@ pub mod agent;
 pub mod attachment;
 pub mod bpffs;
 pub mod cgroup;
+pub mod claims;
 pub mod error;
 pub mod events;
 pub mod fastpath;
