@@ -520,7 +520,7 @@ mod tests {
     fn the_claim_table_layout_is_what_the_mapping_expects() {
         assert_eq!(core::mem::size_of::<ClaimSlot>(), 32);
         assert_eq!(core::mem::size_of::<ClaimBucket>(), 32 * CLAIM_WAYS);
-        assert!(SEEDED_ORDER != 0, "0 marks a slot being written");
+        const { assert!(SEEDED_ORDER != 0, "0 marks a slot being written") };
     }
 
     #[test]

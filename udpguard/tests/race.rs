@@ -127,3 +127,46 @@ fn claims_track_the_tuples_sockets_hold() {
     assert_eq!(got, ["{'ok'}", "100"]);
     assert_eq!(sb.status()["attachments"][0]["claims"], 0);
 }
+
+#[test]
+fn a_full_claim_bucket_refuses_nobody_and_the_lookup_still_refuses_duplicates() {
+    use udpguard_common::{CLAIM_WAYS, ClaimKey, claim_bucket};
+    let sb = Sandbox::new("fullbucket");
+    sb.attach(&[]);
+    // Nine peers whose tuples from 127.0.0.1:4444 share one claim bucket in this namespace.
+    let cookie: u64 = sb.py(r#"
+        s = udp()
+        out(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little"))  # SO_NETNS_COOKIE
+        "#)[0]
+        .parse()
+        .unwrap();
+    let key = |port: u16| ClaimKey {
+        netns_cookie: cookie,
+        local_addr: [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0],
+        peer_addr: [u32::from_ne_bytes([127, 0, 0, 2]), 0, 0, 0],
+        local_port: 4444u16.to_be(),
+        peer_port: port.to_be(),
+        family: 4,
+    };
+    let mut by_bucket = std::collections::HashMap::<u32, Vec<u16>>::new();
+    let ports = (1024..=u16::MAX)
+        .find_map(|port| {
+            let same = by_bucket.entry(claim_bucket(key(port).tag())).or_default();
+            same.push(port);
+            (same.len() > CLAIM_WAYS).then(|| same.clone())
+        })
+        .expect("nine peers in one bucket");
+    let got = sb.py(&format!(
+        r#"
+        ports = {ports:?}
+        held = [udp(bind=("127.0.0.1", 4444)) for _ in ports]
+        out(set(conn(s, ("127.0.0.2", p)) for s, p in zip(held, ports)))
+        out(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", ports[0])))
+        out(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", ports[-1])))
+        "#
+    ));
+    // The ninth fresh claim finds no room: let through, unrecorded. Duplicates of the first
+    // and of the unrecorded ninth are still refused: the kernel's lookup finds their holders.
+    assert_eq!(got, ["{'ok'}", "EPERM", "EPERM"]);
+    assert_eq!(sb.counter("rejected"), 2);
+}
