@@ -172,7 +172,7 @@ fn contest(
     if seen.order == WRITING {
         return Claimed::Lost;
     }
-    let is_fresh = now.wrapping_sub(seen.since_jiffies) <= fresh;
+    let is_fresh = fresh_at(now, seen.since_jiffies, fresh);
     // SAFETY: `record` is null or this socket's own record.
     if is_fresh && unsafe { born(record) } < seen.order {
         return Claimed::Lost; // born before the claim: it may be racing its claimant
@@ -207,7 +207,7 @@ unsafe fn find(bucket: *mut ClaimBucket, tag: u64, now: u64, fresh: u64) -> Foun
                 slot,
             };
         }
-        let stale = slot.order != WRITING && now.wrapping_sub(slot.since_jiffies) > fresh;
+        let stale = slot.order != WRITING && !fresh_at(now, slot.since_jiffies, fresh);
         if (slot.tag == 0 && room.kind != FREE) || (slot.tag != 0 && room.kind == FULL && stale) {
             room = Found {
                 kind: if slot.tag == 0 { FREE } else { STALE },
@@ -394,6 +394,14 @@ fn next_order() -> u64 {
         .get_ptr(0)
         .map_or(0, |clock| unsafe { ptr::read_volatile(clock) })
         + 1
+}
+
+/// True when a claim made at `since` is fresh at `now`. Signed: `now` was read before the look
+/// at the slot, so a claim made since (on another CPU, in a later tick) is ahead of it, and
+/// fresh.
+#[inline(always)]
+fn fresh_at(now: u64, since: u64, fresh: u64) -> bool {
+    (now.wrapping_sub(since) as i64) <= fresh as i64
 }
 
 #[inline(always)]
