@@ -219,13 +219,20 @@ unsafe fn find(bucket: *mut ClaimBucket, tag: u64, now: u64, fresh: u64) -> Foun
     room
 }
 
+/// A way's slot (`way` masked in bounds, as the verifier wants to see).
+#[inline(always)]
+unsafe fn slot_at(bucket: *mut ClaimBucket, way: usize) -> *mut ClaimSlot {
+    // SAFETY: the caller passes a pointer into the table.
+    unsafe { &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)] }
+}
+
 /// A consistent copy of a slot: `order` is read before and after the rest, and a slot that
 /// changed meanwhile reads as being written.
 #[inline(always)]
 unsafe fn snapshot(bucket: *mut ClaimBucket, way: usize) -> ClaimSlot {
-    // SAFETY: the caller passes a pointer into the table; `way` is masked in bounds.
+    // SAFETY: the caller passes a pointer into the table.
     unsafe {
-        let slot = &raw const (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let slot = slot_at(bucket, way);
         let order = ptr::read_volatile(&(*slot).order);
         let mut copy = ClaimSlot {
             tag: ptr::read_volatile(&(*slot).tag),
@@ -251,9 +258,9 @@ unsafe fn take_free(
     now: u64,
     me: u64,
 ) -> Option<u64> {
-    // SAFETY: the caller passes a pointer into the table; `way` is masked in bounds.
+    // SAFETY: the caller passes a pointer into the table.
     unsafe {
-        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let slot = slot_at(bucket, way);
         // A free slot's order is WRITING already: readers see a claim in progress at once.
         if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*slot).tag, 0, tag).1 {
             return None;
@@ -273,9 +280,9 @@ unsafe fn take_over(
     now: u64,
     me: u64,
 ) -> Option<u64> {
-    // SAFETY: the caller passes a pointer into the table; `way` is masked in bounds.
+    // SAFETY: the caller passes a pointer into the table.
     unsafe {
-        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let slot = slot_at(bucket, way);
         let order = &raw mut (*slot).order;
         if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order, seen.order, WRITING).1 {
             return None;
@@ -322,7 +329,7 @@ unsafe fn claimed_elsewhere(bucket: *mut ClaimBucket, mine: usize, tag: u64) -> 
 unsafe fn free(bucket: *mut ClaimBucket, way: usize) {
     // SAFETY: the caller passes a pointer into the table and holds the way.
     unsafe {
-        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let slot = slot_at(bucket, way);
         atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, WRITING);
         ptr::write_volatile(&raw mut (*slot).owner, 0);
         ptr::write_volatile(&raw mut (*slot).since_jiffies, 0);
@@ -358,7 +365,7 @@ fn release(claim: u64, order: u64, owner: u64) {
     };
     // SAFETY: a pointer into the table; the swap of its order makes the way ours.
     unsafe {
-        let slot = &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)];
+        let slot = slot_at(bucket, way);
         let order_word = &raw mut (*slot).order;
         if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order_word, order, WRITING).1 {
             return; // taken over: not ours to free
