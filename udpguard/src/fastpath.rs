@@ -82,26 +82,35 @@ impl FastPathMaps {
         cookies.into_iter().filter(|c| self.is_on(*c)).count()
     }
 
-    /// Clears the seeded claims of tuples no socket in the namespace holds any more.
-    fn sweep(&mut self, netns_cookie: u64) -> anyhow::Result<()> {
+    /// True when the namespace has seeded claims and the last sweep is [`SEED_SWEEP`] ago.
+    fn sweep_due(&self, netns_cookie: u64) -> bool {
+        self.seeded
+            .get(&netns_cookie)
+            .is_some_and(|(swept, seeded)| !seeded.is_empty() && swept.elapsed() >= SEED_SWEEP)
+    }
+
+    /// Clears the seeded claims of tuples no socket in the namespace holds any more (`held`:
+    /// a dump taken after the seeding).
+    fn sweep(&mut self, netns_cookie: u64, held: &HashSet<ClaimKey>) -> anyhow::Result<()> {
         let Some((swept, seeded)) = self.seeded.get_mut(&netns_cookie) else {
             return Ok(());
         };
-        if seeded.is_empty() || swept.elapsed() < SEED_SWEEP {
-            return Ok(());
-        }
-        let held: HashSet<ClaimKey> = SockDiag::open()?
-            .dump_connected_udp()?
-            .iter()
-            .map(|socket| claim_key(netns_cookie, socket))
-            .collect();
-        for key in seeded.difference(&held) {
+        for key in seeded.difference(held) {
             self.claims.unseed(key)?;
         }
         seeded.retain(|key| held.contains(key));
         *swept = Instant::now();
         Ok(())
     }
+}
+
+/// The claim keys of the connected UDP sockets in the current namespace.
+fn held_tuples(netns_cookie: u64) -> anyhow::Result<HashSet<ClaimKey>> {
+    Ok(SockDiag::open()?
+        .dump_connected_udp()?
+        .iter()
+        .map(|socket| claim_key(netns_cookie, socket))
+        .collect())
 }
 
 /// Brings one namespace's fast path up to date; runs on a thread inside that namespace.
@@ -118,28 +127,39 @@ pub fn refresh(
         return Ok(false);
     }
     if maps.lock().unwrap().is_on(netns_cookie) {
-        maps.lock().unwrap().sweep(netns_cookie)?;
+        if maps.lock().unwrap().sweep_due(netns_cookie) {
+            // Dumped without the lock: other namespaces' threads share it.
+            let held = held_tuples(netns_cookie)?;
+            maps.lock().unwrap().sweep(netns_cookie, &held)?;
+        }
         return Ok(true);
     }
     // Seed: what connected before now is in the dump; what connects after goes through the
     // programs, into the claims or noted as unindexed.
     let since = now_ns.saturating_sub(IN_FLIGHT_MARGIN.as_nanos() as u64);
-    let sockets = SockDiag::open()?.dump_connected_udp()?;
+    let held = held_tuples(netns_cookie)?;
     let mut maps = maps.lock().unwrap();
-    let mut seeded = HashSet::new();
-    for socket in &sockets {
-        let key = claim_key(netns_cookie, socket);
-        if maps.claims.seed(&key)? == Seeded::NoRoom {
-            tracing::debug!("netns {netns_cookie}: a claim bucket is full, fast path stays off");
-            return Ok(false);
+    // Added to what earlier seedings left, so the sweep clears those too once they close.
+    let mut seeded = maps
+        .seeded
+        .remove(&netns_cookie)
+        .map_or_else(HashSet::new, |(_, seeded)| seeded);
+    let mut full = false;
+    for key in &held {
+        match maps.claims.seed(key)? {
+            Seeded::Indexed => _ = seeded.insert(*key),
+            Seeded::NoRoom => full = true,
         }
-        seeded.insert(key);
     }
     maps.seeded.insert(netns_cookie, (Instant::now(), seeded));
+    if full {
+        tracing::debug!("netns {netns_cookie}: a claim bucket is full, fast path stays off");
+        return Ok(false);
+    }
     maps.indexed_since.insert(netns_cookie, since, 0)?;
     tracing::debug!(
         "netns {netns_cookie}: fast path on, {} connected sockets indexed",
-        sockets.len()
+        held.len()
     );
     Ok(maps.is_on(netns_cookie))
 }
