@@ -6,12 +6,12 @@
 //! helper processes in the same cgroup hold N other sockets connected from 127.0.0.1:4444 to
 //! distinct peers: the sockets `bpf_sk_lookup_udp` walks when there is no conflict.
 //!
-//! For every N, three setups are measured in interleaved rounds (so they share the machine's
-//! noise): no program attached, udpguard (enforce) and udpguard in audit mode. Each round gives
-//! one batch per setup; the table shows the median time per operation and the median of the
-//! per-round ratios to "no program". The hit path (a holder already has the 4-tuple, so the
-//! guard refuses the connect with EPERM) is measured the same way against "no program" (where
-//! that connect succeeds and makes the duplicate).
+//! For every N, four setups are measured in interleaved rounds (so they share the machine's
+//! noise): no program attached, udpguard (enforce), udpguard in audit mode, and udpguard with
+//! the agent's fast path on. Each round gives one batch per setup; the table shows the median
+//! time per operation and the median of the per-round ratios to "no program". The hit path (a
+//! holder already has the 4-tuple, so the guard refuses the connect with EPERM) is measured the
+//! same way against "no program" (where that connect succeeds and makes the duplicate).
 //!
 //! The programs' own time comes from the kernel's BPF run-time stats (run_time_ns / run_cnt of
 //! the attached connect4, sock_create and sock_release programs), the median over separate
