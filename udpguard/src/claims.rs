@@ -2,32 +2,18 @@
 //! `udpguard-ebpf/src/claims.rs`). The table is a memory-mappable array: reading it is a look
 //! at shared memory, and the agent seeds it with the same compare-and-swap steps the programs
 //! take, so a seed never tears a program's claim.
-use std::{
-    mem::offset_of,
-    os::fd::AsFd as _,
-    path::Path,
-    ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::{mem::offset_of, path::Path, sync::atomic::Ordering};
 
-use anyhow::Context as _;
-use aya::maps::MapData;
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use udpguard_common::{
     CLAIM_BUCKETS, CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER, claim_bucket,
 };
 
-use crate::attachment::CLAIMS_PIN;
+use crate::{attachment::CLAIMS_PIN, shared_map::SharedArray};
 
 /// The attachment's claim table, mapped into this process.
 pub struct ClaimTable {
-    base: NonNull<ClaimBucket>,
-    len: usize,
-    writable: bool,
+    map: SharedArray,
 }
-
-// SAFETY: the mapping is shared memory that every access treats as concurrently written.
-unsafe impl Send for ClaimTable {}
 
 /// What seeding one tuple did.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,32 +27,9 @@ pub enum Seeded {
 impl ClaimTable {
     /// Maps the table of the attachment in `dir`, read-only (`status`) or for seeding.
     pub fn open(dir: &Path, writable: bool) -> anyhow::Result<ClaimTable> {
-        let path = dir.join(CLAIMS_PIN);
-        let map = MapData::from_pin(&path)
-            .with_context(|| format!("opening the claim table {}", path.display()))?;
         let len = CLAIM_BUCKETS as usize * size_of::<ClaimBucket>();
-        let prot = if writable {
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
-        } else {
-            ProtFlags::PROT_READ
-        };
-        // SAFETY: a shared mapping of the map's memory, exactly its size; unmapped on drop.
-        let base = unsafe {
-            mmap(
-                None,
-                len.try_into().context("claim table size")?,
-                prot,
-                MapFlags::MAP_SHARED,
-                map.fd().as_fd(),
-                0,
-            )
-        }
-        .with_context(|| format!("mapping the claim table {}", path.display()))?;
-        Ok(ClaimTable {
-            base: base.cast(),
-            len,
-            writable,
-        })
+        let map = SharedArray::open(&dir.join(CLAIMS_PIN), "claim table", len, writable)?;
+        Ok(ClaimTable { map })
     }
 
     /// How many tuples are claimed.
@@ -84,7 +47,7 @@ impl ClaimTable {
     /// Adds a claim for a tuple some socket holds already, with no owner and the oldest order:
     /// it refuses nobody by itself, and a lookup confirms any conflict it points to.
     pub fn seed(&self, key: &ClaimKey) -> anyhow::Result<Seeded> {
-        anyhow::ensure!(self.writable, "the claim table is mapped read-only");
+        self.map.ensure_writable()?;
         let tag = key.tag();
         let bucket = claim_bucket(tag);
         let field = |way, offset| self.word(bucket, way, offset);
@@ -116,7 +79,7 @@ impl ClaimTable {
     /// Frees a seeded claim of the tuple once its socket is gone (a program's claim, or one a
     /// program has taken over, is left alone).
     pub fn unseed(&self, key: &ClaimKey) -> anyhow::Result<()> {
-        anyhow::ensure!(self.writable, "the claim table is mapped read-only");
+        self.map.ensure_writable()?;
         let tag = key.tag();
         let bucket = claim_bucket(tag);
         for way in 0..CLAIM_WAYS {
@@ -142,35 +105,14 @@ impl ClaimTable {
         Ok(())
     }
 
-    fn bucket_ptr(&self, bucket: u32) -> *mut ClaimBucket {
-        assert!(bucket < CLAIM_BUCKETS);
-        // SAFETY: in bounds of the mapping.
-        unsafe { self.base.as_ptr().add(bucket as usize) }
-    }
-
-    /// One u64 field of a slot (its offset in [`ClaimSlot`]), as an atomic over the mapping.
-    fn word(&self, bucket: u32, way: usize, offset: usize) -> &AtomicU64 {
-        assert!(way < CLAIM_WAYS);
-        let slot = offset_of!(ClaimBucket, slots) + way * size_of::<ClaimSlot>();
-        // SAFETY: in bounds of the bucket.
-        self.atomic(unsafe {
-            self.bucket_ptr(bucket)
-                .cast::<u8>()
-                .add(slot + offset)
-                .cast()
-        })
-    }
-
-    fn atomic(&self, word: *const u64) -> &AtomicU64 {
-        // SAFETY: an aligned u64 inside the mapping, which lives as long as `self`; the
-        // kernel side accesses it atomically or under the bucket lock.
-        unsafe { AtomicU64::from_ptr(word.cast_mut()) }
-    }
-}
-
-impl Drop for ClaimTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `open`, not used after this.
-        let _ = unsafe { munmap(self.base.cast(), self.len) };
+    /// One u64 field of a slot (its offset in [`ClaimSlot`]).
+    fn word(&self, bucket: u32, way: usize, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(bucket < CLAIM_BUCKETS && way < CLAIM_WAYS);
+        self.map.word(
+            bucket as usize * size_of::<ClaimBucket>()
+                + offset_of!(ClaimBucket, slots)
+                + way * size_of::<ClaimSlot>()
+                + offset,
+        )
     }
 }

@@ -26,5 +26,6 @@ pub mod rtnl;
 pub mod sandbox;
 pub mod scan;
 pub mod settings;
+pub mod shared_map;
 pub mod status;
 mod sys;
