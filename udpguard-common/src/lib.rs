@@ -32,11 +32,9 @@ pub mod map_names {
     pub const AGENT: &str = "AGENT";
     /// Ring buffer of [`crate::NetnsEvent`]s: a network namespace the agent does not know yet.
     pub const NETNS_EVENTS: &str = "NETNS_EVENTS";
-    /// Hash: netns cookie -> when the agent seeded the claim index there (fast path).
-    pub const INDEXED_SINCE: &str = "INDEXED_SINCE";
-    /// Array: when a socket last connected that the claims cannot index, by netns cookie
-    /// modulo [`crate::UNINDEXED_SLOTS`]; the last slot is for every namespace at once.
-    pub const UNINDEXED_AT: &str = "UNINDEXED_AT";
+    /// Array of [`crate::NamespaceIndex`]es (fast path), one per [`crate::namespace_slot`]
+    /// plus [`crate::EVERY_NAMESPACE`]; memory-mappable, the agent writes through a mapping.
+    pub const NAMESPACES: &str = "NAMESPACES";
 }
 
 /// Names of the programs in the eBPF object.
@@ -94,8 +92,60 @@ pub struct Config {
     pub fresh_jiffies: u32,
 }
 
-/// Slots of the `UNINDEXED_AT` array, one per namespace (by cookie) plus one for all.
-pub const UNINDEXED_SLOTS: u32 = 1024;
+/// Slots of the `NAMESPACES` array, picked by netns cookie; one more, [`EVERY_NAMESPACE`],
+/// follows them.
+pub const NAMESPACE_SLOTS: u32 = 1024;
+/// The `NAMESPACES` slot whose `unindexed_at` stands for every namespace at once.
+pub const EVERY_NAMESPACE: u32 = NAMESPACE_SLOTS;
+
+/// A network namespace's slot in `NAMESPACES` (namespaces sharing one turn each other's fast
+/// path off: slower, never wrong).
+#[inline(always)]
+pub const fn namespace_slot(netns_cookie: u64) -> u32 {
+    netns_cookie as u32 & (NAMESPACE_SLOTS - 1)
+}
+
+/// How long, in seconds, the agent's word for a namespace lasts unless renewed (it renews
+/// every second): if the agent dies, nobody re-checks that every process there is in the
+/// guarded cgroup, so the fast path turns itself off.
+pub const INDEX_LEASE_SECS: u64 = 10;
+
+/// One slot of the `NAMESPACES` array: whether the claims index every tuple held in a network
+/// namespace (the O(1) no-conflict path is on there). An array, not a hash, and times in
+/// `jiffies`, not nanoseconds: it is read on every connect, and the verifier inlines both.
+///
+/// The agent writes `netns_cookie` and `indexed_since` as a pair, under `version` (odd while
+/// it writes, as a seqlock), and `lease_until` alone; the programs write `unindexed_at`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceIndex {
+    pub version: u64,
+    /// The namespace the agent vouches for in this slot; 0 for none.
+    pub netns_cookie: u64,
+    /// When it seeded the claims from a socket dump (less a margin for connects in flight).
+    pub indexed_since: u64,
+    /// Until when its word holds.
+    pub lease_until: u64,
+    /// When a socket of a namespace in this slot last connected in a way the claims cannot
+    /// index (in the [`EVERY_NAMESPACE`] slot: when a claim was dropped for room).
+    pub unindexed_at: u64,
+}
+
+impl NamespaceIndex {
+    /// True when, at `now`, the claims hold every tuple held in namespace `netns_cookie` (this
+    /// being its slot, read consistently, and `everywhere` the [`EVERY_NAMESPACE`] slot's
+    /// `unindexed_at`): the agent vouches for it, its lease holds, and nothing unindexed
+    /// happened since the seeding. Times are compared signed: they come from different CPUs.
+    #[inline(always)]
+    pub fn complete_for(&self, netns_cookie: u64, now: u64, everywhere: u64) -> bool {
+        let before = |a: u64, b: u64| (a.wrapping_sub(b) as i64) < 0;
+        self.netns_cookie == netns_cookie
+            && self.indexed_since != 0
+            && before(now, self.lease_until)
+            && before(self.unindexed_at, self.indexed_since)
+            && before(everywhere, self.indexed_since)
+    }
+}
 
 /// How long the agent's heartbeat stays trusted: without it, route data may be stale, and a
 /// wildcard-bound connect is let through unchecked.
@@ -465,6 +515,8 @@ mod user {
     unsafe impl aya::Pod for super::Route6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetnsEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NamespaceIndex {}
 }
 
 #[cfg(test)]
@@ -521,6 +573,42 @@ mod tests {
         assert_eq!(core::mem::size_of::<ClaimSlot>(), 32);
         assert_eq!(core::mem::size_of::<ClaimBucket>(), 32 * CLAIM_WAYS);
         const { assert!(SEEDED_ORDER != 0, "0 marks a slot being written") };
+    }
+
+    #[test]
+    fn a_namespace_index_vouches_only_for_its_namespace_within_its_lease() {
+        let on = NamespaceIndex {
+            version: 2,
+            netns_cookie: 4097,
+            indexed_since: 1_000,
+            lease_until: 5_000,
+            unindexed_at: 900,
+        };
+        assert!(on.complete_for(4097, 2_000, 0));
+        assert!(
+            !on.complete_for(1, 2_000, 0),
+            "another namespace in the same slot"
+        );
+        assert!(!on.complete_for(4097, 5_000, 0), "the lease ran out");
+        assert!(
+            !on.complete_for(4097, 2_000, 1_001),
+            "a claim was dropped for room since"
+        );
+        let noted = NamespaceIndex {
+            unindexed_at: 1_001,
+            ..on
+        };
+        assert!(
+            !noted.complete_for(4097, 2_000, 0),
+            "an unindexed connect since"
+        );
+        let off = NamespaceIndex {
+            indexed_since: 0,
+            ..on
+        };
+        assert!(!off.complete_for(4097, 2_000, 0));
+        assert_eq!(namespace_slot(4097), namespace_slot(1));
+        assert_eq!(core::mem::size_of::<NamespaceIndex>(), 64);
     }
 
     #[test]

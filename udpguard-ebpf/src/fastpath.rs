@@ -7,65 +7,70 @@
 //! sockets connected before the attach were added from a socket dump, and no socket since has
 //! connected in a way the claims cannot record (a wildcard socket the route mirror could not
 //! place, an auto-bound reuse socket, an audited duplicate, a claim that found no room or
-//! evicted another). The agent vouches for the first two per namespace, writing when it
-//! seeded the index; the programs note the third. The fast path is on while nothing unindexed
-//! happened after the seeding; when in doubt, off.
-use aya_ebpf::{
-    btf_maps::{Array, HashMap},
-    helpers::generated::bpf_ktime_get_ns,
-    macros::btf_map,
-};
-use udpguard_common::UNINDEXED_SLOTS;
+//! evicted another). The agent vouches for the first two per namespace, for a lease it keeps
+//! renewing; the programs note the third. The fast path is on while the lease holds and
+//! nothing unindexed happened after the seeding; when in doubt, off.
+use core::ptr::read_volatile;
 
-const NETNS_MAX: usize = 4096;
+use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_jiffies64, macros::btf_map};
+use udpguard_common::{EVERY_NAMESPACE, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot};
 
-/// Written by the agent: netns cookie -> when (`CLOCK_MONOTONIC` ns) it seeded the index.
+/// `BPF_F_MMAPABLE`: the agent writes its word through a shared mapping, field by field.
+const MMAPABLE: usize = 1 << 10;
+
+/// Per namespace slot: the agent's word and the programs' notes (see [`NamespaceIndex`]). An
+/// array, read on every connect, and times in `jiffies`: the verifier inlines both, so the
+/// check makes no call (a call and return cost ~30 ns each on kernels with return-thunk
+/// mitigations).
 #[btf_map]
-static INDEXED_SINCE: HashMap<u64, u64, NETNS_MAX> = HashMap::new();
-
-/// Written here: when a socket last connected that the claims cannot index, by netns cookie
-/// modulo `UNINDEXED_SLOTS` (namespaces sharing a slot turn each other off: slower, never
-/// wrong), and in the last slot for every namespace. An array: read on every connect, inlined.
-#[btf_map]
-static UNINDEXED_AT: Array<u64, { UNINDEXED_SLOTS as usize + 1 }> = Array::new();
+static NAMESPACES: Array<NamespaceIndex, { NAMESPACE_SLOTS as usize + 1 }, MMAPABLE> = Array::new();
 
 /// True when the claims hold every tuple held in this namespace.
 #[inline(always)]
 pub fn index_complete(netns_cookie: u64) -> bool {
-    // SAFETY: values are copied out at once.
-    let Some(since) = (unsafe { INDEXED_SINCE.get(netns_cookie) }).copied() else {
+    let (Some(slot), Some(every)) = (
+        NAMESPACES.get_ptr(namespace_slot(netns_cookie)),
+        NAMESPACES.get_ptr(EVERY_NAMESPACE),
+    ) else {
         return false;
     };
-    // Signed: the times come from different CPUs.
-    let before_since = |slot: u32| {
-        UNINDEXED_AT
-            .get(slot)
-            .is_none_or(|&at| (at as i64).wrapping_sub(since as i64) < 0)
-    };
-    before_since(slot_of(netns_cookie)) && before_since(UNINDEXED_SLOTS)
+    // SAFETY: pointers into the array; the agent writes the cookie and seeding time under
+    // `version` (odd while it writes), so a copy taken between two equal even reads is whole.
+    unsafe {
+        let version = read_volatile(&(*slot).version);
+        let copy = NamespaceIndex {
+            version,
+            netns_cookie: read_volatile(&(*slot).netns_cookie),
+            indexed_since: read_volatile(&(*slot).indexed_since),
+            lease_until: read_volatile(&(*slot).lease_until),
+            unindexed_at: read_volatile(&(*slot).unindexed_at),
+        };
+        version & 1 == 0
+            && read_volatile(&(*slot).version) == version
+            && copy.complete_for(
+                netns_cookie,
+                bpf_jiffies64(),
+                read_volatile(&(*every).unindexed_at),
+            )
+    }
 }
 
 /// Notes that a socket in this namespace holds (or may hold) a tuple the claims lack.
 #[inline(always)]
 pub fn note_unindexed(netns_cookie: u64) {
-    note(slot_of(netns_cookie));
+    note(namespace_slot(netns_cookie));
 }
 
 /// Notes that a claim of some namespace was dropped to make room.
 #[inline(always)]
 pub fn note_unindexed_everywhere() {
-    note(UNINDEXED_SLOTS);
+    note(EVERY_NAMESPACE);
 }
 
 #[inline(always)]
 fn note(slot: u32) {
-    if let Some(at) = UNINDEXED_AT.get_ptr_mut(slot) {
-        // SAFETY: a plain helper call, and a store into the array.
-        unsafe { *at = bpf_ktime_get_ns() };
+    if let Some(entry) = NAMESPACES.get_ptr_mut(slot) {
+        // SAFETY: `jiffies` (inlined), and a store into the array.
+        unsafe { (*entry).unindexed_at = bpf_jiffies64() };
     }
-}
-
-#[inline(always)]
-fn slot_of(netns_cookie: u64) -> u32 {
-    netns_cookie as u32 & (UNINDEXED_SLOTS - 1)
 }

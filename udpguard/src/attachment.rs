@@ -33,8 +33,7 @@ const META_PIN: &str = "meta";
 const EVENTS_PIN: &str = "events";
 pub const CLAIMS_PIN: &str = "claims";
 /// The fast path's maps: seeded by the agent, noted by the programs.
-pub const INDEXED_SINCE_PIN: &str = "indexed_since";
-pub const UNINDEXED_AT_PIN: &str = "unindexed_at";
+pub const NAMESPACES_PIN: &str = "namespaces";
 /// The route mirror's maps, kept by the agent (`udpguard run`).
 pub const ROUTES4_PIN: &str = "routes4";
 pub const ROUTES6_PIN: &str = "routes6";
@@ -137,8 +136,7 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
         (map_names::NETNS, NETNS_PIN),
         (map_names::AGENT, AGENT_PIN),
         (map_names::NETNS_EVENTS, NETNS_EVENTS_PIN),
-        (map_names::INDEXED_SINCE, INDEXED_SINCE_PIN),
-        (map_names::UNINDEXED_AT, UNINDEXED_AT_PIN),
+        (map_names::NAMESPACES, NAMESPACES_PIN),
     ] {
         let map = guard
             .ebpf

@@ -5,81 +5,178 @@
 //! being true; the programs themselves notice connects the claims cannot index.
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
+    mem::offset_of,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering::SeqCst},
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapData};
-use udpguard_common::{ClaimKey, UNINDEXED_SLOTS};
+use udpguard_common::{
+    ClaimKey, EVERY_NAMESPACE, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot,
+};
 
 use crate::{
-    attachment::{INDEXED_SINCE_PIN, UNINDEXED_AT_PIN},
+    attachment::NAMESPACES_PIN,
     claims::{ClaimTable, Seeded},
+    clock,
     scan::{sock_diag::SockDiag, socket::ConnectedUdpSocket},
+    shared_map::SharedArray,
 };
 
 /// A connect in flight when the index is seeded may be hashed after the dump: the index
 /// counts as seeded this much before the dump began, so such a connect, if the claims cannot
 /// hold it, is noted after the seeding time and keeps the fast path off.
-const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(1);
+const IN_FLIGHT_MARGIN_SECS: u64 = 1;
 
 /// How often seeded claims of sockets that have closed since are cleared (sockets the programs
 /// did not see born release no claim on close).
 const SEED_SWEEP: Duration = Duration::from_secs(10);
 
+/// The `NAMESPACES` array, mapped: the agent's word per namespace slot, and the programs'
+/// notes of unindexed connects.
+pub struct NamespaceTable {
+    map: SharedArray,
+}
+
+impl NamespaceTable {
+    pub fn open(dir: &Path, writable: bool) -> anyhow::Result<NamespaceTable> {
+        let len = (NAMESPACE_SLOTS as usize + 1) * size_of::<NamespaceIndex>();
+        let path = dir.join(NAMESPACES_PIN);
+        let map = SharedArray::open(&path, "fast-path namespace table", len, writable)?;
+        Ok(NamespaceTable { map })
+    }
+
+    fn word(&self, slot: u32, offset: usize) -> &AtomicU64 {
+        assert!(slot <= EVERY_NAMESPACE);
+        self.map
+            .word(slot as usize * size_of::<NamespaceIndex>() + offset)
+    }
+
+    /// A consistent copy of a slot (the programs' reads, in the same order).
+    fn read(&self, slot: u32) -> NamespaceIndex {
+        let field = |offset| self.word(slot, offset).load(SeqCst);
+        loop {
+            let version = field(offset_of!(NamespaceIndex, version));
+            let copy = NamespaceIndex {
+                version,
+                netns_cookie: field(offset_of!(NamespaceIndex, netns_cookie)),
+                indexed_since: field(offset_of!(NamespaceIndex, indexed_since)),
+                lease_until: field(offset_of!(NamespaceIndex, lease_until)),
+                unindexed_at: field(offset_of!(NamespaceIndex, unindexed_at)),
+            };
+            if version & 1 == 0 && field(offset_of!(NamespaceIndex, version)) == version {
+                return copy;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// True when the programs take the fast path in this namespace now.
+    pub fn is_on(&self, netns_cookie: u64) -> bool {
+        let Ok(now) = clock::jiffies() else {
+            return false;
+        };
+        let every = self.read(EVERY_NAMESPACE).unindexed_at;
+        self.read(namespace_slot(netns_cookie))
+            .complete_for(netns_cookie, now, every)
+    }
+
+    /// How many namespaces the fast path is on in.
+    pub fn namespaces_on(&self) -> usize {
+        (0..NAMESPACE_SLOTS)
+            .map(|slot| self.read(slot).netns_cookie)
+            .filter(|&cookie| cookie != 0 && self.is_on(cookie))
+            .count()
+    }
+
+    /// Writes the cookie and seeding time of a slot as a pair, under its version.
+    fn write_pair(&self, slot: u32, netns_cookie: u64, indexed_since: u64) {
+        let version = self.word(slot, offset_of!(NamespaceIndex, version));
+        version.fetch_add(1, SeqCst); // odd: being written
+        self.word(slot, offset_of!(NamespaceIndex, netns_cookie))
+            .store(netns_cookie, SeqCst);
+        self.word(slot, offset_of!(NamespaceIndex, indexed_since))
+            .store(indexed_since, SeqCst);
+        version.fetch_add(1, SeqCst);
+    }
+
+    /// Vouches for a namespace, seeded at `since`; false when its slot is another's.
+    fn vouch(&self, netns_cookie: u64, since: u64) -> anyhow::Result<bool> {
+        self.map.ensure_writable()?;
+        let slot = namespace_slot(netns_cookie);
+        let holder = self.read(slot).netns_cookie;
+        if holder != 0 && holder != netns_cookie {
+            return Ok(false);
+        }
+        self.renew(netns_cookie)?;
+        self.write_pair(slot, netns_cookie, since.max(1));
+        Ok(true)
+    }
+
+    /// Extends the lease of a namespace the agent vouches for.
+    fn renew(&self, netns_cookie: u64) -> anyhow::Result<()> {
+        self.map.ensure_writable()?;
+        let slot = namespace_slot(netns_cookie);
+        let until = clock::jiffies()? + clock::ticks(INDEX_LEASE_SECS);
+        self.word(slot, offset_of!(NamespaceIndex, lease_until))
+            .store(until, SeqCst);
+        Ok(())
+    }
+
+    /// Withdraws the agent's word for a namespace (if its slot holds it).
+    fn withdraw(&self, netns_cookie: u64) -> anyhow::Result<()> {
+        self.map.ensure_writable()?;
+        let slot = namespace_slot(netns_cookie);
+        if self.read(slot).netns_cookie == netns_cookie {
+            self.write_pair(slot, 0, 0);
+        }
+        Ok(())
+    }
+}
+
 pub struct FastPathMaps {
-    indexed_since: HashMap<MapData, u64, u64>,
-    unindexed_at: Array<MapData, u64>,
+    namespaces: NamespaceTable,
     claims: ClaimTable,
     /// Per namespace: the tuples seeded and still held at the last sweep, and when that was.
     seeded: StdHashMap<u64, (Instant, HashSet<ClaimKey>)>,
 }
 
 impl FastPathMaps {
-    pub fn open(dir: &Path) -> anyhow::Result<FastPathMaps> {
-        let open = |pin: &str| {
-            MapData::from_pin(dir.join(pin))
-                .with_context(|| format!("opening {}/{pin}", dir.display()))
-        };
+    /// Opens the attachment's fast-path maps: read-only for commands that only look.
+    pub fn open(dir: &Path, writable: bool) -> anyhow::Result<FastPathMaps> {
         Ok(FastPathMaps {
-            indexed_since: HashMap::try_from(Map::HashMap(open(INDEXED_SINCE_PIN)?))?,
-            unindexed_at: Array::try_from(Map::Array(open(UNINDEXED_AT_PIN)?))?,
-            claims: ClaimTable::open(dir, true)?,
+            namespaces: NamespaceTable::open(dir, writable)?,
+            claims: ClaimTable::open(dir, writable)?,
             seeded: StdHashMap::new(),
         })
     }
 
     /// Turns the fast path off in one namespace.
     pub fn withdraw(&mut self, netns_cookie: u64) {
-        let _ = self.indexed_since.remove(&netns_cookie);
+        if let Err(e) = self.namespaces.withdraw(netns_cookie) {
+            tracing::warn!("netns {netns_cookie}: withdrawing the fast path: {e:#}");
+        }
     }
 
     /// Turns it off everywhere.
     pub fn withdraw_all(&mut self) {
-        let cookies: Vec<u64> = self.indexed_since.keys().filter_map(Result::ok).collect();
-        for cookie in cookies {
-            self.withdraw(cookie);
+        for slot in 0..NAMESPACE_SLOTS {
+            let cookie = self.namespaces.read(slot).netns_cookie;
+            if cookie != 0 {
+                self.withdraw(cookie);
+            }
         }
     }
 
-    /// True when the namespace's index is seeded and nothing unindexed happened since.
+    /// True when the namespace's index is seeded, vouched for, and nothing unindexed happened
+    /// since.
     pub fn is_on(&self, netns_cookie: u64) -> bool {
-        let Ok(since) = self.indexed_since.get(&netns_cookie, 0) else {
-            return false;
-        };
-        let before_since = |slot: u32| {
-            self.unindexed_at
-                .get(&slot, 0)
-                .is_ok_and(|at| (at as i64).wrapping_sub(since as i64) < 0)
-        };
-        before_since(netns_cookie as u32 & (UNINDEXED_SLOTS - 1)) && before_since(UNINDEXED_SLOTS)
+        self.namespaces.is_on(netns_cookie)
     }
 
     /// How many namespaces the fast path is on in.
     pub fn namespaces_on(&self) -> usize {
-        let cookies: Vec<u64> = self.indexed_since.keys().filter_map(Result::ok).collect();
-        cookies.into_iter().filter(|c| self.is_on(*c)).count()
+        self.namespaces.namespaces_on()
     }
 
     /// True when the namespace has seeded claims and the last sweep is [`SEED_SWEEP`] ago.
@@ -120,13 +217,13 @@ pub fn refresh(
     netns_cookie: u64,
     netns: (u64, u64),
     guarded: &Path,
-    now_ns: u64,
 ) -> anyhow::Result<bool> {
     if !every_process_inside(netns, guarded) {
         maps.lock().unwrap().withdraw(netns_cookie);
         return Ok(false);
     }
     if maps.lock().unwrap().is_on(netns_cookie) {
+        maps.lock().unwrap().namespaces.renew(netns_cookie)?;
         if maps.lock().unwrap().sweep_due(netns_cookie) {
             // Dumped without the lock: other namespaces' threads share it.
             let held = held_tuples(netns_cookie)?;
@@ -136,7 +233,7 @@ pub fn refresh(
     }
     // Seed: what connected before now is in the dump; what connects after goes through the
     // programs, into the claims or noted as unindexed.
-    let since = now_ns.saturating_sub(IN_FLIGHT_MARGIN.as_nanos() as u64);
+    let since = clock::jiffies()?.saturating_sub(clock::ticks(IN_FLIGHT_MARGIN_SECS));
     let held = held_tuples(netns_cookie)?;
     let mut maps = maps.lock().unwrap();
     // Added to what earlier seedings left, so the sweep clears those too once they close.
@@ -156,7 +253,10 @@ pub fn refresh(
         tracing::debug!("netns {netns_cookie}: a claim bucket is full, fast path stays off");
         return Ok(false);
     }
-    maps.indexed_since.insert(netns_cookie, since, 0)?;
+    if !maps.namespaces.vouch(netns_cookie, since)? {
+        tracing::debug!("netns {netns_cookie}: its slot is another namespace's, fast path off");
+        return Ok(false);
+    }
     tracing::debug!(
         "netns {netns_cookie}: fast path on, {} connected sockets indexed",
         held.len()

@@ -14,6 +14,7 @@ pub mod attachment;
 pub mod bpffs;
 pub mod cgroup;
 pub mod claims;
+pub mod clock;
 pub mod error;
 pub mod events;
 pub mod fastpath;

@@ -100,9 +100,10 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
             status.matches_binary = attachment.matches_binary();
             status.attached_at = Some(attachment.meta.attached_at);
             status.claims = attachment::count_claims(&status.pin_dir).ok();
-            status.fast_path_namespaces = crate::fastpath::FastPathMaps::open(&status.pin_dir)
-                .ok()
-                .map(|maps| maps.namespaces_on());
+            status.fast_path_namespaces =
+                crate::fastpath::FastPathMaps::open(&status.pin_dir, false)
+                    .ok()
+                    .map(|maps| maps.namespaces_on());
             status.counters = Counter::ALL
                 .iter()
                 .map(|&c| (c.name(), counters.get(c)))

@@ -1,7 +1,8 @@
 //! The O(1) no-conflict path (issue 7): with `udpguard run` vouching for a namespace, a tuple
 //! nobody claims needs no lookup; conflicts are still refused, sockets connected before are
 //! indexed from a dump, and the fast path turns off when a process outside the guarded cgroup
-//! joins the namespace. Real kernel, root, own sandbox each.
+//! joins the namespace, or when the agent that vouches for it dies. Real kernel, root, own
+//! sandbox each.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -10,7 +11,11 @@ use common::{Agent, Holder, Sandbox};
 
 /// Waits (a few seconds at most) until the fast path's state is `on`.
 fn wait_fast_path(sb: &Sandbox, on: bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    wait_fast_path_for(sb, on, Duration::from_secs(5));
+}
+
+fn wait_fast_path_for(sb: &Sandbox, on: bool, most: Duration) {
+    let deadline = Instant::now() + most;
     loop {
         let n = sb.status()["attachments"][0]["fast_path_namespaces"]
             .as_u64()
@@ -78,5 +83,27 @@ fn the_fast_path_turns_off_when_an_outside_process_joins_the_namespace() {
     // Back on the full lookup: the outsider's tuple is refused to a newcomer inside.
     let got = sb.py(r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
     assert_eq!(got, ["EPERM"]);
+    drop(outsider);
+}
+
+#[test]
+fn the_fast_path_turns_itself_off_when_the_agent_dies() {
+    let sb = Sandbox::new("fast-lease");
+    let agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    // Killed, it withdraws nothing: its word holds until the lease (10 s) runs out.
+    agent.kill();
+    let before = sb.counter("indexed");
+    sb.py(REPORT);
+    assert_eq!(sb.counter("indexed") - before, 1, "{}", sb.status());
+    wait_fast_path_for(&sb, false, Duration::from_secs(15));
+    // Nobody checks the namespace now: an outsider's tuple is refused to a newcomer inside,
+    // by the full lookup.
+    let outsider = Holder::start(&sb, false);
+    let before = sb.counter("indexed");
+    let got = sb.py(r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
+    assert_eq!(got, ["EPERM"]);
+    assert_eq!(sb.counter("indexed"), before, "{}", sb.status());
     drop(outsider);
 }

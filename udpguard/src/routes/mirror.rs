@@ -72,13 +72,13 @@ impl RouteMirror {
     /// Starts mirroring for the attachment to `guarded` pinned in `dir`: the agent's own
     /// namespace at once, others when the kernel reports them.
     pub fn start(dir: &Path, guarded: &Path) -> anyhow::Result<RouteMirror> {
-        let mut fast = FastPathMaps::open(dir)?;
+        let mut fast = FastPathMaps::open(dir, true)?;
         fast.withdraw_all();
         let mut maps = RouteMaps::open(dir)?;
         // Start clean: every namespace is reported again on its next wildcard connect.
         maps.forget_all();
         maps.clear_routes();
-        maps.set_heartbeat(monotonic_ns())?;
+        maps.set_heartbeat(crate::clock::monotonic_ns())?;
         let reports = MapData::from_pin(dir.join(NETNS_EVENTS_PIN))
             .context("opening the namespace reports")?;
         let mut reports = RingBuf::try_from(Map::RingBuf(reports))?;
@@ -100,7 +100,11 @@ impl RouteMirror {
         let (stop, maps) = (Arc::clone(&context.stop), Arc::clone(&context.maps));
         let heartbeat = std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = maps.lock().unwrap().set_heartbeat(monotonic_ns()) {
+                if let Err(e) = maps
+                    .lock()
+                    .unwrap()
+                    .set_heartbeat(crate::clock::monotonic_ns())
+                {
                     tracing::warn!("route mirror heartbeat: {e:#}");
                 }
                 std::thread::sleep(HEARTBEAT);
@@ -269,13 +273,7 @@ fn mirror_namespace(
                 return Ok(());
             }
             if quiet_ticks % FAST_PATH_EVERY == 0 {
-                let on = fastpath::refresh(
-                    &context.fast,
-                    cookie,
-                    identity,
-                    &context.guarded,
-                    monotonic_ns(),
-                );
+                let on = fastpath::refresh(&context.fast, cookie, identity, &context.guarded);
                 if let Err(e) = on {
                     tracing::warn!("netns {cookie}: fast path off: {e:#}");
                     context.fast.lock().unwrap().withdraw(cookie);
@@ -382,15 +380,4 @@ fn global_v6_addresses(rtnl: &mut Rtnl) -> anyhow::Result<usize> {
                 .any(|x| matches!(x, AddressAttribute::Address(_)))
         })
         .count())
-}
-
-/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

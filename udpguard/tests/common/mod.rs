@@ -165,6 +165,14 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Kills the agent the hard way (SIGKILL): it withdraws nothing.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
