@@ -411,32 +411,34 @@ pub const fn claim_bucket(tag: u64) -> u32 {
     (tag >> 40) as u32 & (CLAIM_BUCKETS - 1)
 }
 
-/// One claim: a tuple a socket holds or is about to hold. A writer wins a slot with one
-/// compare-and-swap (of `tag` when free, of `order` otherwise), holds it with `order` at 0, and
-/// writes `order` last.
+/// One claim: a tuple a socket holds or is about to hold (its tag is in
+/// [`ClaimBucket::tags`]). A writer wins a way with one compare-and-swap (of the tag when
+/// free, of `order` otherwise), holds it with `order` at 0, and writes `order` last.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClaimSlot {
-    /// [`ClaimKey::tag`] of the tuple; 0 marks a free slot.
-    pub tag: u64,
     /// The claim's place on the order clock (`ORDER`: one tick per socket birth), so a
     /// socket's birth can be compared with it; [`SEEDED_ORDER`] for a seeded claim; 0 while
-    /// the slot is being written (free slots included).
+    /// the way is being written (free ways included).
     pub order: u64,
     /// `jiffies` when claimed: how fresh it is.
     pub since_jiffies: u64,
     /// The claiming socket's cookie; 0 for a claim seeded from a socket dump.
     pub owner: u64,
+    pub _reserved: u64,
 }
 
 /// The order of a claim the agent seeded from a socket dump: older than every socket.
 pub const SEEDED_ORDER: u64 = 1;
 
 /// A bucket of the claim table (`CLAIMS`, a memory-mappable array, so the agent seeds it with
-/// the same atomic steps the programs take).
-#[repr(C)]
+/// the same atomic steps the programs take). The tags come first, in one cache line: finding
+/// a tuple (or a free way) reads only that line, and a claim touches one more.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClaimBucket {
+    /// [`ClaimKey::tag`] of each way's tuple; 0 marks a free way.
+    pub tags: [u64; CLAIM_WAYS],
     pub slots: [ClaimSlot; CLAIM_WAYS],
 }
 
@@ -571,7 +573,9 @@ mod tests {
     #[test]
     fn the_claim_table_layout_is_what_the_mapping_expects() {
         assert_eq!(core::mem::size_of::<ClaimSlot>(), 32);
-        assert_eq!(core::mem::size_of::<ClaimBucket>(), 32 * CLAIM_WAYS);
+        assert_eq!(core::mem::offset_of!(ClaimBucket, tags), 0);
+        assert_eq!(core::mem::offset_of!(ClaimBucket, slots), 64);
+        assert_eq!(core::mem::size_of::<ClaimBucket>(), 64 + 32 * CLAIM_WAYS);
         const { assert!(SEEDED_ORDER != 0, "0 marks a slot being written") };
     }
 

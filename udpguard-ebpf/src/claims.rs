@@ -77,7 +77,16 @@ const WRITING: u64 = 0;
 struct Found {
     kind: u32,
     way: usize,
-    slot: ClaimSlot,
+    slot: Snapshot,
+}
+
+/// A copy of one way: its tag and its claim.
+#[derive(Clone, Copy, Default)]
+struct Snapshot {
+    tag: u64,
+    order: u64,
+    since_jiffies: u64,
+    owner: u64,
 }
 
 /// A claim of the tag (its slot a consistent copy, `order == WRITING` while being written).
@@ -106,19 +115,18 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey, held: impl Fn() -> bool) -> 
         return Claimed::Unrecorded;
     };
     let record = record_of(me);
-    // SAFETY: `now` is a plain helper; `bucket` points into the table.
+    // SAFETY: `jiffies`, inlined by the verifier.
     let now = unsafe { bpf_jiffies64() };
-    let fresh = fresh_jiffies();
     // Twice: a free way another CPU wins first is looked at again.
     for _ in 0..2 {
         // SAFETY: as above.
-        let found = unsafe { find(bucket, tag, now, fresh) };
+        let found = unsafe { find(bucket, tag, now) };
         let (way, seen) = (found.way, found.slot);
         let order = match found.kind {
             CLAIM if seen.order != WRITING && seen.owner == me => {
                 return Claimed::Ours; // our own claim: a re-connect to the same tuple
             }
-            CLAIM => return contest(bucket, way, seen, tag, now, fresh, me, record, place, &held),
+            CLAIM => return contest(bucket, way, seen, tag, now, me, record, place, &held),
             // SAFETY: as above.
             FREE => match unsafe { take_free(bucket, way, tag, now, me) } {
                 Some(order) => order,
@@ -156,10 +164,9 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey, held: impl Fn() -> bool) -> 
 fn contest(
     bucket: *mut ClaimBucket,
     way: usize,
-    seen: ClaimSlot,
+    seen: Snapshot,
     tag: u64,
     now: u64,
-    fresh: u64,
     me: u64,
     record: *mut SocketRecord,
     place: u32,
@@ -172,7 +179,7 @@ fn contest(
     if seen.order == WRITING {
         return Claimed::Lost;
     }
-    let is_fresh = fresh_at(now, seen.since_jiffies, fresh);
+    let is_fresh = fresh_at(now, seen.since_jiffies, fresh_jiffies());
     // SAFETY: `record` is null or this socket's own record.
     if is_fresh && unsafe { born(record) } < seen.order {
         return Claimed::Lost; // born before the claim: it may be racing its claimant
@@ -189,34 +196,55 @@ fn contest(
     }
 }
 
-/// The claim of `tag` in the bucket, else room for one.
+/// The claim of `tag` in the bucket, else room for one. The common cases (a claim, or a free
+/// way) read the tag line alone.
 #[inline(always)]
-unsafe fn find(bucket: *mut ClaimBucket, tag: u64, now: u64, fresh: u64) -> Found {
+unsafe fn find(bucket: *mut ClaimBucket, tag: u64, now: u64) -> Found {
     let mut room = Found {
         kind: FULL,
         way: 0,
-        slot: ClaimSlot::default(),
+        slot: Snapshot::default(),
     };
     for way in 0..CLAIM_WAYS {
         // SAFETY: the caller passes a pointer into the table.
-        let slot = unsafe { snapshot(bucket, way) };
-        if slot.tag == tag {
+        let seen = unsafe { ptr::read_volatile(tag_at(bucket, way)) };
+        if seen == tag {
             return Found {
                 kind: CLAIM,
                 way,
-                slot,
+                // SAFETY: as above.
+                slot: unsafe { snapshot(bucket, way) },
             };
         }
-        let stale = slot.order != WRITING && !fresh_at(now, slot.since_jiffies, fresh);
-        if (slot.tag == 0 && room.kind != FREE) || (slot.tag != 0 && room.kind == FULL && stale) {
-            room = Found {
-                kind: if slot.tag == 0 { FREE } else { STALE },
+        if seen == 0 && room.kind == FULL {
+            room.kind = FREE;
+            room.way = way;
+        }
+    }
+    if room.kind == FREE {
+        return room;
+    }
+    // No claim and no free way: a stale claim of another tuple may make room.
+    let fresh = fresh_jiffies();
+    for way in 0..CLAIM_WAYS {
+        // SAFETY: as above.
+        let slot = unsafe { snapshot(bucket, way) };
+        if slot.order != WRITING && !fresh_at(now, slot.since_jiffies, fresh) {
+            return Found {
+                kind: STALE,
                 way,
                 slot,
             };
         }
     }
     room
+}
+
+/// A way's tag (`way` masked in bounds, as the verifier wants to see).
+#[inline(always)]
+unsafe fn tag_at(bucket: *mut ClaimBucket, way: usize) -> *mut u64 {
+    // SAFETY: the caller passes a pointer into the table.
+    unsafe { &raw mut (*bucket).tags[way & (CLAIM_WAYS - 1)] }
 }
 
 /// A way's slot (`way` masked in bounds, as the verifier wants to see).
@@ -229,20 +257,18 @@ unsafe fn slot_at(bucket: *mut ClaimBucket, way: usize) -> *mut ClaimSlot {
 /// A consistent copy of a slot: `order` is read before and after the rest, and a slot that
 /// changed meanwhile reads as being written.
 #[inline(always)]
-unsafe fn snapshot(bucket: *mut ClaimBucket, way: usize) -> ClaimSlot {
+unsafe fn snapshot(bucket: *mut ClaimBucket, way: usize) -> Snapshot {
     // SAFETY: the caller passes a pointer into the table.
     unsafe {
-        let slot = slot_at(bucket, way);
+        let (slot, tag) = (slot_at(bucket, way), tag_at(bucket, way));
         let order = ptr::read_volatile(&(*slot).order);
-        let mut copy = ClaimSlot {
-            tag: ptr::read_volatile(&(*slot).tag),
+        let mut copy = Snapshot {
+            tag: ptr::read_volatile(tag),
             order,
             since_jiffies: ptr::read_volatile(&(*slot).since_jiffies),
             owner: ptr::read_volatile(&(*slot).owner),
         };
-        if ptr::read_volatile(&(*slot).order) != order
-            || ptr::read_volatile(&(*slot).tag) != copy.tag
-        {
+        if ptr::read_volatile(&(*slot).order) != order || ptr::read_volatile(tag) != copy.tag {
             copy.order = WRITING;
         }
         copy
@@ -260,12 +286,11 @@ unsafe fn take_free(
 ) -> Option<u64> {
     // SAFETY: the caller passes a pointer into the table.
     unsafe {
-        let slot = slot_at(bucket, way);
-        // A free slot's order is WRITING already: readers see a claim in progress at once.
-        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*slot).tag, 0, tag).1 {
+        // A free way's order is WRITING already: readers see a claim in progress at once.
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(tag_at(bucket, way), 0, tag).1 {
             return None;
         }
-        Some(publish(slot, now, me))
+        Some(publish(slot_at(bucket, way), now, me))
     }
 }
 
@@ -275,7 +300,7 @@ unsafe fn take_free(
 unsafe fn take_over(
     bucket: *mut ClaimBucket,
     way: usize,
-    seen: &ClaimSlot,
+    seen: &Snapshot,
     tag: u64,
     now: u64,
     me: u64,
@@ -289,13 +314,13 @@ unsafe fn take_over(
         }
         // Orders repeat when no socket was born between two claims: make sure it is the same
         // claim, else put it back.
-        if ptr::read_volatile(&(*slot).tag) != seen.tag
+        if ptr::read_volatile(tag_at(bucket, way)) != seen.tag
             || ptr::read_volatile(&(*slot).owner) != seen.owner
         {
             atomic_xchg::<u64, { SeqCst }>(order, seen.order);
             return None;
         }
-        ptr::write_volatile(&raw mut (*slot).tag, tag);
+        ptr::write_volatile(tag_at(bucket, way), tag);
         Some(publish(slot, now, me))
     }
 }
@@ -319,7 +344,7 @@ unsafe fn claimed_elsewhere(bucket: *mut ClaimBucket, mine: usize, tag: u64) -> 
     let mut found = false;
     for way in 0..CLAIM_WAYS {
         // SAFETY: the caller passes a pointer into the table.
-        found |= way != mine && unsafe { ptr::read_volatile(&(*bucket).slots[way].tag) } == tag;
+        found |= way != mine && unsafe { ptr::read_volatile(&(*bucket).tags[way]) } == tag;
     }
     found
 }
@@ -333,7 +358,7 @@ unsafe fn free(bucket: *mut ClaimBucket, way: usize) {
         atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, WRITING);
         ptr::write_volatile(&raw mut (*slot).owner, 0);
         ptr::write_volatile(&raw mut (*slot).since_jiffies, 0);
-        atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).tag, 0);
+        atomic_xchg::<u64, { SeqCst }>(tag_at(bucket, way), 0);
     }
 }
 

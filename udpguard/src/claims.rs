@@ -36,11 +36,7 @@ impl ClaimTable {
     pub fn count(&self) -> usize {
         (0..CLAIM_BUCKETS)
             .flat_map(|b| (0..CLAIM_WAYS).map(move |w| (b, w)))
-            .filter(|&(b, w)| {
-                self.word(b, w, offset_of!(ClaimSlot, tag))
-                    .load(Ordering::Relaxed)
-                    != 0
-            })
+            .filter(|&(b, w)| self.tag(b, w).load(Ordering::Relaxed) != 0)
             .count()
     }
 
@@ -54,7 +50,7 @@ impl ClaimTable {
         // A program may win a free way first: look again, a few times.
         for _ in 0..CLAIM_WAYS {
             let tags: Vec<u64> = (0..CLAIM_WAYS)
-                .map(|w| field(w, offset_of!(ClaimSlot, tag)).load(Ordering::SeqCst))
+                .map(|w| self.tag(bucket, w).load(Ordering::SeqCst))
                 .collect();
             if tags.contains(&tag) {
                 return Ok(Seeded::Indexed);
@@ -63,7 +59,8 @@ impl ClaimTable {
                 return Ok(Seeded::NoRoom);
             };
             // Won like the programs win a free way; `order` (0 while free) is written last.
-            let won = field(way, offset_of!(ClaimSlot, tag))
+            let won = self
+                .tag(bucket, way)
                 .compare_exchange(0, tag, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok();
             if won {
@@ -84,7 +81,7 @@ impl ClaimTable {
         let bucket = claim_bucket(tag);
         for way in 0..CLAIM_WAYS {
             let field = |offset| self.word(bucket, way, offset);
-            if field(offset_of!(ClaimSlot, tag)).load(Ordering::SeqCst) != tag {
+            if self.tag(bucket, way).load(Ordering::SeqCst) != tag {
                 continue;
             }
             // Won like a program takes a claim over: its order swapped for "being written".
@@ -100,12 +97,20 @@ impl ClaimTable {
                 continue;
             }
             field(offset_of!(ClaimSlot, since_jiffies)).store(0, Ordering::SeqCst);
-            field(offset_of!(ClaimSlot, tag)).store(0, Ordering::SeqCst);
+            self.tag(bucket, way).store(0, Ordering::SeqCst);
         }
         Ok(())
     }
 
-    /// One u64 field of a slot (its offset in [`ClaimSlot`]).
+    /// A way's tag.
+    fn tag(&self, bucket: u32, way: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(bucket < CLAIM_BUCKETS && way < CLAIM_WAYS);
+        self.map.word(
+            bucket as usize * size_of::<ClaimBucket>() + offset_of!(ClaimBucket, tags) + way * 8,
+        )
+    }
+
+    /// One u64 field of a way's claim (its offset in [`ClaimSlot`]).
     fn word(&self, bucket: u32, way: usize, offset: usize) -> &std::sync::atomic::AtomicU64 {
         assert!(bucket < CLAIM_BUCKETS && way < CLAIM_WAYS);
         self.map.word(
