@@ -2,7 +2,11 @@
 //! `udpguard-ebpf/src/claims.rs`). The table is a memory-mappable array: reading it is a look
 //! at shared memory, and the agent seeds it with the same compare-and-swap steps the programs
 //! take, so a seed never tears a program's claim.
-use std::{mem::offset_of, path::Path, sync::atomic::Ordering};
+use std::{
+    mem::offset_of,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use udpguard_common::{
     CLAIM_BUCKETS, CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER, claim_bucket,
@@ -103,21 +107,19 @@ impl ClaimTable {
     }
 
     /// A way's tag.
-    fn tag(&self, bucket: u32, way: usize) -> &std::sync::atomic::AtomicU64 {
-        assert!(bucket < CLAIM_BUCKETS && way < CLAIM_WAYS);
-        self.map.word(
-            bucket as usize * size_of::<ClaimBucket>() + offset_of!(ClaimBucket, tags) + way * 8,
-        )
+    fn tag(&self, bucket: u32, way: usize) -> &AtomicU64 {
+        self.in_bucket(bucket, way, offset_of!(ClaimBucket, tags) + way * 8)
     }
 
     /// One u64 field of a way's claim (its offset in [`ClaimSlot`]).
-    fn word(&self, bucket: u32, way: usize, offset: usize) -> &std::sync::atomic::AtomicU64 {
+    fn word(&self, bucket: u32, way: usize, offset: usize) -> &AtomicU64 {
+        let slot = offset_of!(ClaimBucket, slots) + way * size_of::<ClaimSlot>();
+        self.in_bucket(bucket, way, slot + offset)
+    }
+
+    fn in_bucket(&self, bucket: u32, way: usize, offset: usize) -> &AtomicU64 {
         assert!(bucket < CLAIM_BUCKETS && way < CLAIM_WAYS);
-        self.map.word(
-            bucket as usize * size_of::<ClaimBucket>()
-                + offset_of!(ClaimBucket, slots)
-                + way * size_of::<ClaimSlot>()
-                + offset,
-        )
+        self.map
+            .word(bucket as usize * size_of::<ClaimBucket>() + offset)
     }
 }

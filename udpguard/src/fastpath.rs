@@ -52,10 +52,12 @@ impl NamespaceTable {
             .word(slot as usize * size_of::<NamespaceIndex>() + offset)
     }
 
-    /// A consistent copy of a slot (the programs' reads, in the same order).
+    /// A consistent copy of a slot (the programs' reads, in the same order). A slot caught
+    /// mid-write a few times over (its writer may have died there) reads as empty: off, as the
+    /// programs see it.
     fn read(&self, slot: u32) -> NamespaceIndex {
         let field = |offset| self.word(slot, offset).load(SeqCst);
-        loop {
+        for _ in 0..100 {
             let version = field(offset_of!(NamespaceIndex, version));
             let copy = NamespaceIndex {
                 version,
@@ -67,8 +69,9 @@ impl NamespaceTable {
             if version & 1 == 0 && field(offset_of!(NamespaceIndex, version)) == version {
                 return copy;
             }
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
+        NamespaceIndex::default()
     }
 
     /// True when the programs take the fast path in this namespace now.
@@ -81,23 +84,29 @@ impl NamespaceTable {
             .complete_for(netns_cookie, now, every)
     }
 
-    /// How many namespaces the fast path is on in.
+    /// How many namespaces the fast path is on in (what `status` shows).
     pub fn namespaces_on(&self) -> usize {
+        let Ok(now) = clock::jiffies() else {
+            return 0;
+        };
+        let every = self.read(EVERY_NAMESPACE).unindexed_at;
         (0..NAMESPACE_SLOTS)
-            .map(|slot| self.read(slot).netns_cookie)
-            .filter(|&cookie| cookie != 0 && self.is_on(cookie))
+            .map(|slot| self.read(slot))
+            .filter(|copy| copy.complete_for(copy.netns_cookie, now, every))
             .count()
     }
 
-    /// Writes the cookie and seeding time of a slot as a pair, under its version.
+    /// Writes the cookie and seeding time of a slot as a pair, under its version (the agent
+    /// is the only writer; a version left odd by a writer that died is taken up as is).
     fn write_pair(&self, slot: u32, netns_cookie: u64, indexed_since: u64) {
         let version = self.word(slot, offset_of!(NamespaceIndex, version));
-        version.fetch_add(1, SeqCst); // odd: being written
+        let writing = version.load(SeqCst) | 1;
+        version.store(writing, SeqCst); // odd: being written
         self.word(slot, offset_of!(NamespaceIndex, netns_cookie))
             .store(netns_cookie, SeqCst);
         self.word(slot, offset_of!(NamespaceIndex, indexed_since))
             .store(indexed_since, SeqCst);
-        version.fetch_add(1, SeqCst);
+        version.store(writing + 1, SeqCst);
     }
 
     /// Vouches for a namespace, seeded at `since`; false when its slot is another's.
@@ -142,11 +151,12 @@ pub struct FastPathMaps {
 }
 
 impl FastPathMaps {
-    /// Opens the attachment's fast-path maps: read-only for commands that only look.
-    pub fn open(dir: &Path, writable: bool) -> anyhow::Result<FastPathMaps> {
+    /// Opens the attachment's fast-path maps for the agent (`status` reads
+    /// [`NamespaceTable`] alone, read-only).
+    pub fn open(dir: &Path) -> anyhow::Result<FastPathMaps> {
         Ok(FastPathMaps {
-            namespaces: NamespaceTable::open(dir, writable)?,
-            claims: ClaimTable::open(dir, writable)?,
+            namespaces: NamespaceTable::open(dir, true)?,
+            claims: ClaimTable::open(dir, true)?,
             seeded: StdHashMap::new(),
         })
     }
@@ -172,11 +182,6 @@ impl FastPathMaps {
     /// since.
     pub fn is_on(&self, netns_cookie: u64) -> bool {
         self.namespaces.is_on(netns_cookie)
-    }
-
-    /// How many namespaces the fast path is on in.
-    pub fn namespaces_on(&self) -> usize {
-        self.namespaces.namespaces_on()
     }
 
     /// True when the namespace has seeded claims and the last sweep is [`SEED_SWEEP`] ago.

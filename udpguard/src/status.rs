@@ -101,9 +101,9 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
             status.attached_at = Some(attachment.meta.attached_at);
             status.claims = attachment::count_claims(&status.pin_dir).ok();
             status.fast_path_namespaces =
-                crate::fastpath::FastPathMaps::open(&status.pin_dir, false)
+                crate::fastpath::NamespaceTable::open(&status.pin_dir, false)
                     .ok()
-                    .map(|maps| maps.namespaces_on());
+                    .map(|table| table.namespaces_on());
             status.counters = Counter::ALL
                 .iter()
                 .map(|&c| (c.name(), counters.get(c)))

@@ -72,7 +72,7 @@ impl RouteMirror {
     /// Starts mirroring for the attachment to `guarded` pinned in `dir`: the agent's own
     /// namespace at once, others when the kernel reports them.
     pub fn start(dir: &Path, guarded: &Path) -> anyhow::Result<RouteMirror> {
-        let mut fast = FastPathMaps::open(dir, true)?;
+        let mut fast = FastPathMaps::open(dir)?;
         fast.withdraw_all();
         let mut maps = RouteMaps::open(dir)?;
         // Start clean: every namespace is reported again on its next wildcard connect.
