@@ -51,6 +51,8 @@ pub mod program_names {
     pub const RELEASE: &str = "release";
     /// cgroup/sock_create: records a new UDP socket's birth on the order clock.
     pub const CREATE: &str = "create";
+    /// Empty programs on connect4, sock_create and sock_release: the benchmark's floor.
+    pub const FLOOR: [&str; 3] = ["floor_connect4", "floor_create", "floor_release"];
 }
 
 /// What the guard does with a conflicting `connect()`.

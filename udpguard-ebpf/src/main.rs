@@ -16,6 +16,7 @@
 
 mod claims;
 mod fastpath;
+mod floor;
 mod routes;
 
 use core::{mem::size_of, ptr};

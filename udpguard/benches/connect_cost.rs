@@ -6,9 +6,10 @@
 //! helper processes in the same cgroup hold N other sockets connected from 127.0.0.1:4444 to
 //! distinct peers: the sockets `bpf_sk_lookup_udp` walks when there is no conflict.
 //!
-//! For every N, four setups are measured in interleaved rounds (so they share the machine's
-//! noise): no program attached, udpguard (enforce), udpguard in audit mode, and udpguard with
-//! the agent's fast path on. Each round gives one batch per setup; the table shows the median
+//! For every N, five setups are measured in interleaved rounds (so they share the machine's
+//! noise): no program attached, empty programs on the three hooks the guard uses (the floor any
+//! program there pays: the cgroup's program array, the call and its return), udpguard
+//! (enforce), udpguard in audit mode, and udpguard with the agent's fast path on. Each round gives one batch per setup; the table shows the median
 //! time per operation and the median of the per-round ratios to "no program". The hit path (a
 //! holder already has the 4-tuple, so the guard refuses the connect with EPERM) is measured the
 //! same way against "no program" (where that connect succeeds and makes the duplicate).
@@ -33,10 +34,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{
+    CgroupAttachMode, CgroupSock, CgroupSockAddr,
+    cgroup_sock::CgroupSockLinkId,
+    cgroup_sock_addr::CgroupSockAddrLinkId,
+    links::{FdLink, PinnedLink},
+};
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
 use udpguard::{guard, routes::RouteMirror, sandbox::Sandbox, settings::Mode};
+use udpguard_common::program_names;
 
 /// The local address every socket in the bench shares.
 const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4444);
@@ -261,6 +268,8 @@ fn raise_open_file_limit() -> anyhow::Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Setup {
     NoProgram,
+    /// Empty programs on the three hooks the guard uses: what any program there costs.
+    Floor,
     Enforce,
     Audit,
     /// Enforce, with the agent's route mirror vouching for the sandbox's namespace: the O(1)
@@ -269,11 +278,18 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [Setup::NoProgram, Setup::Enforce, Setup::Audit, Setup::Fast];
+    const ALL: [Setup; 5] = [
+        Setup::NoProgram,
+        Setup::Floor,
+        Setup::Enforce,
+        Setup::Audit,
+        Setup::Fast,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Setup::NoProgram => "no program",
+            Setup::Floor => "empty programs",
             Setup::Enforce => "udpguard",
             Setup::Audit => "udpguard audit",
             Setup::Fast => "udpguard fast path",
@@ -407,6 +423,7 @@ struct Guard<'a> {
     current: Setup,
     /// The agent's route mirror, running while the setup is [`Setup::Fast`].
     mirror: Option<RouteMirror>,
+    floor: Floor,
 }
 
 impl Guard<'_> {
@@ -417,9 +434,17 @@ impl Guard<'_> {
         if let Some(mirror) = self.mirror.take() {
             mirror.stop(); // the fast path goes off with it
         }
+        if self.current == Setup::Floor {
+            self.floor.detach()?;
+        }
         let mode = match setup {
-            Setup::NoProgram => {
-                guard::detach(Some(self.cgroup))?;
+            Setup::NoProgram | Setup::Floor => {
+                if !matches!(self.current, Setup::NoProgram | Setup::Floor) {
+                    guard::detach(Some(self.cgroup))?;
+                }
+                if setup == Setup::Floor {
+                    self.floor.attach(self.cgroup)?;
+                }
                 self.current = setup;
                 return Ok(());
             }
@@ -511,6 +536,74 @@ struct ProgramIds {
     connect4: u32,
     create: u32,
     release: u32,
+}
+
+/// The empty programs of [`Setup::Floor`], loaded once from udpguard's own object (its
+/// `floor_*` programs) and attached to the sandbox's cgroup while that setup runs.
+struct Floor {
+    ebpf: aya::Ebpf,
+    links: Option<(CgroupSockAddrLinkId, CgroupSockLinkId, CgroupSockLinkId)>,
+}
+
+impl Floor {
+    fn load() -> anyhow::Result<Floor> {
+        let mut ebpf = aya::Ebpf::load(udpguard::loader::OBJECT)
+            .context("loading udpguard's eBPF object for the empty programs")?;
+        let [connect4, create, release] = program_names::FLOOR;
+        Self::connect4(&mut ebpf, connect4)?.load()?;
+        for name in [create, release] {
+            Self::sock(&mut ebpf, name)?.load()?;
+        }
+        Ok(Floor { ebpf, links: None })
+    }
+
+    fn connect4<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
+        let program = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no {name}"))?;
+        Ok(program.try_into()?)
+    }
+
+    fn sock<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSock> {
+        let program = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no {name}"))?;
+        Ok(program.try_into()?)
+    }
+
+    fn attach(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+        let dir =
+            std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        let [connect4, create, release] = program_names::FLOOR;
+        let mode = CgroupAttachMode::Single;
+        let links = (
+            Self::connect4(&mut self.ebpf, connect4)?.attach(&dir, mode)?,
+            Self::sock(&mut self.ebpf, create)?.attach(&dir, mode)?,
+            Self::sock(&mut self.ebpf, release)?.attach(&dir, mode)?,
+        );
+        self.links = Some(links);
+        Ok(())
+    }
+
+    fn detach(&mut self) -> anyhow::Result<()> {
+        let Some((connect4_link, create_link, release_link)) = self.links.take() else {
+            return Ok(());
+        };
+        let [connect4, create, release] = program_names::FLOOR;
+        Self::connect4(&mut self.ebpf, connect4)?.detach(connect4_link)?;
+        Self::sock(&mut self.ebpf, create)?.detach(create_link)?;
+        Self::sock(&mut self.ebpf, release)?.detach(release_link)?;
+        Ok(())
+    }
+
+    fn program_ids(&mut self) -> anyhow::Result<ProgramIds> {
+        let [connect4, create, release] = program_names::FLOOR;
+        Ok(ProgramIds {
+            connect4: Self::connect4(&mut self.ebpf, connect4)?.info()?.id(),
+            create: Self::sock(&mut self.ebpf, create)?.info()?.id(),
+            release: Self::sock(&mut self.ebpf, release)?.info()?.id(),
+        })
+    }
 }
 
 /// Keeps the kernel's BPF run-time stats on: with BPF_ENABLE_STATS, which turns them off again
@@ -652,6 +745,8 @@ struct Level {
     ops_per_batch: u64,
     hit_ops_per_batch: u64,
     no_program: Measured,
+    /// Empty programs on the same three hooks.
+    floor: Measured,
     enforce: Measured,
     audit: Measured,
     /// The refused connect (enforce) and the same operation with no program, where that
@@ -665,6 +760,7 @@ struct Level {
     programs_audit: Option<ProgramTimes>,
     programs_hit: Option<ProgramTimes>,
     programs_fast: Option<ProgramTimes>,
+    programs_floor: Option<ProgramTimes>,
 }
 
 #[derive(Debug, Serialize)]
@@ -758,6 +854,7 @@ fn orchestrate(options: &Options) -> anyhow::Result<()> {
         cgroup: &sandbox.cgroup,
         current: Setup::NoProgram,
         mirror: None,
+        floor: Floor::load()?,
     };
     let mut report = Report {
         machine,
@@ -850,7 +947,7 @@ fn measure_level(
             }
             let ns = timed(worker, setup, false, ops)?;
             times.entry((setup, false)).or_default().push(ns);
-            if setup != Setup::Audit {
+            if !matches!(setup, Setup::Audit | Setup::Floor) {
                 worker.hold(true)?;
                 let ns = timed(worker, setup, true, hit_ops)?;
                 worker.hold(false)?;
@@ -875,6 +972,7 @@ fn measure_level(
         ops_per_batch: ops,
         hit_ops_per_batch: hit_ops,
         no_program: measured(Setup::NoProgram, false),
+        floor: measured(Setup::Floor, false),
         enforce: measured(Setup::Enforce, false),
         audit: measured(Setup::Audit, false),
         fast: measured(Setup::Fast, false),
@@ -886,7 +984,8 @@ fn measure_level(
 
     // The programs' own time, from the kernel's stats, in windows of their own.
     match program_windows(worker, guard, ops, hit_ops) {
-        Ok((enforce, hit, audit, fast)) => {
+        Ok((enforce, hit, audit, fast, floor)) => {
+            level.programs_floor = Some(floor);
             level.programs_enforce = Some(enforce);
             level.programs_hit = Some(hit);
             level.programs_audit = Some(audit);
@@ -896,8 +995,10 @@ fn measure_level(
     }
     *events_lost = (*events_lost).max(guard.drain_events()?);
     eprintln!(
-        "connect_cost: {sockets} sockets done: no program {}, udpguard {} ({:.2}x), audit {} ({:.2}x), fast path {} ({:.2}x)",
+        "connect_cost: {sockets} sockets done: no program {}, empty programs {} ({:.2}x), udpguard {} ({:.2}x), audit {} ({:.2}x), fast path {} ({:.2}x)",
         fmt_ns(level.no_program.ns_per_op.median),
+        fmt_ns(level.floor.ns_per_op.median),
+        level.floor.ratio.median,
         fmt_ns(level.enforce.ns_per_op.median),
         level.enforce.ratio.median,
         fmt_ns(level.audit.ns_per_op.median),
@@ -908,56 +1009,67 @@ fn measure_level(
     Ok(level)
 }
 
-/// Program time per run (enforce miss, enforce hit, audit miss, fast-path miss), stats on
-/// only meanwhile:
+/// Program time per run (enforce miss, enforce hit, audit miss, fast-path miss, empty
+/// programs), stats on only meanwhile:
 /// the median over [`STATS_WINDOWS`] windows of one batch each, interleaved.
 fn program_windows(
     worker: &mut Worker,
     guard: &mut Guard<'_>,
     ops: u64,
     hit_ops: u64,
-) -> anyhow::Result<(ProgramTimes, ProgramTimes, ProgramTimes, ProgramTimes)> {
-    guard.set(Setup::Enforce)?;
-    let ids = guard.program_ids()?;
+) -> anyhow::Result<(
+    ProgramTimes,
+    ProgramTimes,
+    ProgramTimes,
+    ProgramTimes,
+    ProgramTimes,
+)> {
+    let floor_ids = guard.floor.program_ids()?;
     let _stats = StatsOn::enable()?;
-    let window = |worker: &mut Worker, ops: u64| -> anyhow::Result<ProgramTimes> {
-        worker.run((ops / 10).max(3))?;
-        let before = program_counts()?;
-        worker.run(ops)?;
-        let after = program_counts()?;
-        let time = |id| program_time(&before, &after, id);
-        let times = ProgramTimes {
-            connect4: time(ids.connect4)?,
-            sock_create: time(ids.create)?,
-            sock_release: time(ids.release)?,
+    let window =
+        |worker: &mut Worker, ids: &ProgramIds, ops: u64| -> anyhow::Result<ProgramTimes> {
+            worker.run((ops / 10).max(3))?;
+            let before = program_counts()?;
+            worker.run(ops)?;
+            let after = program_counts()?;
+            let time = |id| program_time(&before, &after, id);
+            let times = ProgramTimes {
+                connect4: time(ids.connect4)?,
+                sock_create: time(ids.create)?,
+                sock_release: time(ids.release)?,
+            };
+            ensure!(
+                times.connect4.runs == ops,
+                "connect4 ran {} times for {ops} connects: is something else in the cgroup?",
+                times.connect4.runs
+            );
+            Ok(times)
         };
-        ensure!(
-            times.connect4.runs == ops,
-            "connect4 ran {} times for {ops} connects: is something else in the cgroup?",
-            times.connect4.runs
-        );
-        Ok(times)
-    };
-    let (mut enforce, mut hit, mut audit, mut fast) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut enforce, mut hit, mut audit, mut fast, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..STATS_WINDOWS {
-        guard.set(Setup::Enforce)?; // in place: the same programs in both modes
-        enforce.push(window(worker, ops)?);
+        guard.set(Setup::Floor)?;
+        floor.push(window(worker, &floor_ids, ops)?);
+        // Loaded afresh after the empty programs; then switched in place, same programs.
+        guard.set(Setup::Enforce)?;
+        let guard_ids = guard.program_ids()?;
+        enforce.push(window(worker, &guard_ids, ops)?);
         worker.hold(true)?;
-        let times = window(worker, hit_ops);
+        let times = window(worker, &guard_ids, hit_ops);
         worker.hold(false)?;
         hit.push(times?);
         guard.set(Setup::Audit)?;
-        audit.push(window(worker, ops)?);
+        audit.push(window(worker, &guard_ids, ops)?);
         guard.set(Setup::Fast)?;
         guard.wait_fast_path(worker)?;
-        fast.push(window(worker, ops)?);
+        fast.push(window(worker, &guard_ids, ops)?);
     }
     Ok((
         ProgramTimes::median(&enforce),
         ProgramTimes::median(&hit),
         ProgramTimes::median(&audit),
         ProgramTimes::median(&fast),
+        ProgramTimes::median(&floor),
     ))
 }
 
@@ -1007,9 +1119,11 @@ fn table(report: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
+        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
         "sockets",
         "no program",
+        "empty x3",
+        "ratio",
         "udpguard",
         "ratio",
         "audit",
@@ -1019,13 +1133,15 @@ fn table(report: &Report) -> String {
         "c4 alone",
         "c4 fast"
     );
-    let _ = writeln!(out, "{}", "-".repeat(141));
+    let _ = writeln!(out, "{}", "-".repeat(172));
     for l in &report.levels {
         let _ = writeln!(
             out,
-            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
+            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
             l.sockets,
             fmt_ns(l.no_program.ns_per_op.median),
+            fmt_ns(l.floor.ns_per_op.median),
+            fmt_ratio(&l.floor.ratio),
             fmt_ns(l.enforce.ns_per_op.median),
             fmt_ratio(&l.enforce.ratio),
             fmt_ns(l.audit.ns_per_op.median),
@@ -1043,7 +1159,7 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10}",
+        "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10}",
         "sockets",
         "connect4",
         "create",
@@ -1053,14 +1169,16 @@ fn table(report: &Report) -> String {
         "per op",
         "fast c4",
         "per op",
-        "hit c4"
+        "hit c4",
+        "empty c4",
+        "per op"
     );
-    let _ = writeln!(out, "{}", "-".repeat(119));
+    let _ = writeln!(out, "{}", "-".repeat(145));
     for l in &report.levels {
         let total = |p: Option<ProgramTimes>| p.map_or_else(|| "n/a".into(), |p| fmt_ns(p.total()));
         let _ = writeln!(
             out,
-            "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10}",
+            "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10}",
             l.sockets,
             fmt_program(l.programs_enforce.map(|p| p.connect4)),
             fmt_program(l.programs_enforce.map(|p| p.sock_create)),
@@ -1071,8 +1189,15 @@ fn table(report: &Report) -> String {
             fmt_program(l.programs_fast.map(|p| p.connect4)),
             total(l.programs_fast),
             fmt_program(l.programs_hit.map(|p| p.connect4)),
+            fmt_program(l.programs_floor.map(|p| p.connect4)),
+            total(l.programs_floor),
         );
     }
+    let _ = writeln!(
+        out,
+        "empty x3: empty programs on connect4, sock_create and sock_release, the floor of any \
+         program on the three hooks the guard uses"
+    );
     let _ = writeln!(
         out,
         "\nhit path: a holder already has 127.0.0.1:4444 -> 127.0.0.1:1111; udpguard refuses the \
@@ -1126,6 +1251,17 @@ fn plot(report: &Report) -> String {
                 .levels
                 .iter()
                 .map(|l| l.no_program.ns_per_op.median)
+                .collect(),
+            notes: Vec::new(),
+        },
+        svg::Series {
+            label: "empty programs (floor)",
+            color: "#999999",
+            dashed: true,
+            values: report
+                .levels
+                .iter()
+                .map(|l| l.floor.ns_per_op.median)
                 .collect(),
             notes: Vec::new(),
         },
