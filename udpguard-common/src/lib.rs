@@ -32,8 +32,8 @@ pub mod map_names {
     pub const AGENT: &str = "AGENT";
     /// Ring buffer of [`crate::NetnsEvent`]s: a network namespace the agent does not know yet.
     pub const NETNS_EVENTS: &str = "NETNS_EVENTS";
-    /// Array of [`crate::NamespaceIndex`]es (fast path), one per [`crate::namespace_slot`]
-    /// plus [`crate::EVERY_NAMESPACE`]; memory-mappable, the agent writes through a mapping.
+    /// Array of [`crate::NamespaceIndex`]es (fast path), one per [`crate::namespace_slot`];
+    /// memory-mappable, the agent writes through a mapping.
     pub const NAMESPACES: &str = "NAMESPACES";
 }
 
@@ -94,11 +94,8 @@ pub struct Config {
     pub fresh_jiffies: u32,
 }
 
-/// Slots of the `NAMESPACES` array, picked by netns cookie; one more, [`EVERY_NAMESPACE`],
-/// follows them.
+/// Slots of the `NAMESPACES` array, picked by netns cookie.
 pub const NAMESPACE_SLOTS: u32 = 1024;
-/// The `NAMESPACES` slot whose `unindexed_at` stands for every namespace at once.
-pub const EVERY_NAMESPACE: u32 = NAMESPACE_SLOTS;
 
 /// A network namespace's slot in `NAMESPACES` (namespaces sharing one turn each other's fast
 /// path off: slower, never wrong).
@@ -129,23 +126,22 @@ pub struct NamespaceIndex {
     /// Until when its word holds.
     pub lease_until: u64,
     /// When a socket of a namespace in this slot last connected in a way the claims cannot
-    /// index (in the [`EVERY_NAMESPACE`] slot: when a claim was dropped for room).
+    /// index, or a claim of one was dropped for room.
     pub unindexed_at: u64,
 }
 
 impl NamespaceIndex {
     /// True when, at `now`, the claims hold every tuple held in namespace `netns_cookie` (this
-    /// being its slot, read consistently, and `everywhere` the [`EVERY_NAMESPACE`] slot's
-    /// `unindexed_at`): the agent vouches for it, its lease holds, and nothing unindexed
-    /// happened since the seeding. Times are compared signed: they come from different CPUs.
+    /// being its slot, read consistently): the agent vouches for it, its lease holds, and
+    /// nothing unindexed happened since the seeding. Times are compared signed: they come from
+    /// different CPUs.
     #[inline(always)]
-    pub fn complete_for(&self, netns_cookie: u64, now: u64, everywhere: u64) -> bool {
+    pub fn complete_for(&self, netns_cookie: u64, now: u64) -> bool {
         let before = |a: u64, b: u64| (a.wrapping_sub(b) as i64) < 0;
         self.netns_cookie == netns_cookie
             && self.indexed_since != 0
             && before(now, self.lease_until)
             && before(self.unindexed_at, self.indexed_since)
-            && before(everywhere, self.indexed_since)
     }
 }
 
@@ -427,7 +423,9 @@ pub struct ClaimSlot {
     pub since_jiffies: u64,
     /// The claiming socket's cookie; 0 for a claim seeded from a socket dump.
     pub owner: u64,
-    pub _reserved: u64,
+    /// The tuple's network namespace (its cookie): a claim dropped for room turns the fast
+    /// path off there, and nowhere else.
+    pub netns_cookie: u64,
 }
 
 /// The order of a claim the agent seeded from a socket dump: older than every socket.
@@ -590,29 +588,25 @@ mod tests {
             lease_until: 5_000,
             unindexed_at: 900,
         };
-        assert!(on.complete_for(4097, 2_000, 0));
+        assert!(on.complete_for(4097, 2_000));
         assert!(
-            !on.complete_for(1, 2_000, 0),
+            !on.complete_for(1, 2_000),
             "another namespace in the same slot"
         );
-        assert!(!on.complete_for(4097, 5_000, 0), "the lease ran out");
-        assert!(
-            !on.complete_for(4097, 2_000, 1_001),
-            "a claim was dropped for room since"
-        );
+        assert!(!on.complete_for(4097, 5_000), "the lease ran out");
         let noted = NamespaceIndex {
             unindexed_at: 1_001,
             ..on
         };
         assert!(
-            !noted.complete_for(4097, 2_000, 0),
-            "an unindexed connect since"
+            !noted.complete_for(4097, 2_000),
+            "an unindexed connect, or a claim dropped for room, since"
         );
         let off = NamespaceIndex {
             indexed_since: 0,
             ..on
         };
-        assert!(!off.complete_for(4097, 2_000, 0));
+        assert!(!off.complete_for(4097, 2_000));
         assert_eq!(namespace_slot(4097), namespace_slot(1));
         assert_eq!(core::mem::size_of::<NamespaceIndex>(), 64);
     }

@@ -80,13 +80,14 @@ struct Found {
     slot: Snapshot,
 }
 
-/// A copy of one way: its tag and its claim.
+/// A claim: a copy of one way's (its tag and its slot), or the caller's, about to be written.
 #[derive(Clone, Copy, Default)]
 struct Snapshot {
     tag: u64,
     order: u64,
     since_jiffies: u64,
     owner: u64,
+    netns_cookie: u64,
 }
 
 /// A claim of the tag (its slot a consistent copy, `order == WRITING` while being written).
@@ -115,28 +116,35 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey, held: impl Fn() -> bool) -> 
         return Claimed::Unrecorded;
     };
     let record = record_of(me);
-    // SAFETY: `jiffies`, inlined by the verifier.
-    let now = unsafe { bpf_jiffies64() };
+    let mine = Snapshot {
+        tag,
+        order: WRITING, // its place on the order clock is taken when it is written
+        // SAFETY: `jiffies`, inlined by the verifier.
+        since_jiffies: unsafe { bpf_jiffies64() },
+        owner: me,
+        netns_cookie: key.netns_cookie,
+    };
     // Twice: a free way another CPU wins first is looked at again.
     for _ in 0..2 {
         // SAFETY: as above.
-        let found = unsafe { find(bucket, tag, now) };
+        let found = unsafe { find(bucket, tag, mine.since_jiffies) };
         let (way, seen) = (found.way, found.slot);
         let order = match found.kind {
             CLAIM if seen.order != WRITING && seen.owner == me => {
                 return Claimed::Ours; // our own claim: a re-connect to the same tuple
             }
-            CLAIM => return contest(bucket, way, seen, tag, now, me, record, place, &held),
+            CLAIM => return contest(bucket, way, &seen, &mine, record, place, &held),
             // SAFETY: as above.
-            FREE => match unsafe { take_free(bucket, way, tag, now, me) } {
+            FREE => match unsafe { take_free(bucket, way, &mine) } {
                 Some(order) => order,
                 None => continue,
             },
             // SAFETY: as above.
-            STALE => match unsafe { take_over(bucket, way, &seen, tag, now, me) } {
+            STALE => match unsafe { take_over(bucket, way, &seen, &mine) } {
                 Some(order) => {
-                    // A claim that may be a held tuple's is gone: the index is incomplete.
-                    fastpath::note_unindexed_everywhere();
+                    // A claim that may be a held tuple's is gone: its namespace's index is
+                    // incomplete.
+                    fastpath::note_unindexed(seen.netns_cookie);
                     order
                 }
                 None => continue,
@@ -158,16 +166,13 @@ pub fn claim(ctx: &SockAddrContext, key: &ClaimKey, held: impl Fn() -> bool) -> 
     Claimed::Unrecorded
 }
 
-/// Decides on another socket's claim, per the rules at the top of this file.
-#[allow(clippy::too_many_arguments)]
+/// Decides on another socket's claim `seen`, per the rules at the top of this file.
 #[inline(always)]
 fn contest(
     bucket: *mut ClaimBucket,
     way: usize,
-    seen: Snapshot,
-    tag: u64,
-    now: u64,
-    me: u64,
+    seen: &Snapshot,
+    mine: &Snapshot,
     record: *mut SocketRecord,
     place: u32,
     held: &impl Fn() -> bool,
@@ -179,17 +184,17 @@ fn contest(
     if seen.order == WRITING {
         return Claimed::Lost;
     }
-    let is_fresh = fresh_at(now, seen.since_jiffies, fresh_jiffies());
+    let is_fresh = fresh_at(mine.since_jiffies, seen.since_jiffies, fresh_jiffies());
     // SAFETY: `record` is null or this socket's own record.
     if is_fresh && unsafe { born(record) } < seen.order {
         return Claimed::Lost; // born before the claim: it may be racing its claimant
     }
     // Stale, or we are newer: take it over, unless another newcomer does first.
     // SAFETY: `bucket` points into the table.
-    match unsafe { take_over(bucket, way, &seen, tag, now, me) } {
+    match unsafe { take_over(bucket, way, seen, mine) } {
         Some(order) => {
             // SAFETY: this socket's own record.
-            unsafe { remember(record, place, way, order, me) };
+            unsafe { remember(record, place, way, order, mine.owner) };
             Claimed::TakenOver
         }
         None => Claimed::Lost,
@@ -267,6 +272,7 @@ unsafe fn snapshot(bucket: *mut ClaimBucket, way: usize) -> Snapshot {
             order,
             since_jiffies: ptr::read_volatile(&(*slot).since_jiffies),
             owner: ptr::read_volatile(&(*slot).owner),
+            netns_cookie: ptr::read_volatile(&(*slot).netns_cookie),
         };
         if ptr::read_volatile(&(*slot).order) != order || ptr::read_volatile(tag) != copy.tag {
             copy.order = WRITING;
@@ -275,35 +281,28 @@ unsafe fn snapshot(bucket: *mut ClaimBucket, way: usize) -> Snapshot {
     }
 }
 
-/// Wins a free way for `tag` and writes the claim; its order, or None if another CPU won it.
+/// Wins a free way for the caller's claim and writes it; its order, or None if another CPU
+/// won the way.
 #[inline(always)]
-unsafe fn take_free(
-    bucket: *mut ClaimBucket,
-    way: usize,
-    tag: u64,
-    now: u64,
-    me: u64,
-) -> Option<u64> {
+unsafe fn take_free(bucket: *mut ClaimBucket, way: usize, mine: &Snapshot) -> Option<u64> {
     // SAFETY: the caller passes a pointer into the table.
     unsafe {
         // A free way's order is WRITING already: readers see a claim in progress at once.
-        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(tag_at(bucket, way), 0, tag).1 {
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(tag_at(bucket, way), 0, mine.tag).1 {
             return None;
         }
-        Some(publish(slot_at(bucket, way), now, me))
+        Some(publish(slot_at(bucket, way), mine))
     }
 }
 
 /// Wins a claimed way by swapping its order for WRITING, if it still holds the claim `seen`,
-/// and writes the caller's claim of `tag` there.
+/// and writes the caller's claim there.
 #[inline(always)]
 unsafe fn take_over(
     bucket: *mut ClaimBucket,
     way: usize,
     seen: &Snapshot,
-    tag: u64,
-    now: u64,
-    me: u64,
+    mine: &Snapshot,
 ) -> Option<u64> {
     // SAFETY: the caller passes a pointer into the table.
     unsafe {
@@ -320,19 +319,20 @@ unsafe fn take_over(
             atomic_xchg::<u64, { SeqCst }>(order, seen.order);
             return None;
         }
-        ptr::write_volatile(tag_at(bucket, way), tag);
-        Some(publish(slot, now, me))
+        ptr::write_volatile(tag_at(bucket, way), mine.tag);
+        Some(publish(slot, mine))
     }
 }
 
 /// Writes a won slot's claim, `order` last (a full barrier): the claim is whole from then on.
 #[inline(always)]
-unsafe fn publish(slot: *mut ClaimSlot, now: u64, me: u64) -> u64 {
+unsafe fn publish(slot: *mut ClaimSlot, mine: &Snapshot) -> u64 {
     let order = next_order();
     // SAFETY: the caller won the slot.
     unsafe {
-        ptr::write_volatile(&raw mut (*slot).since_jiffies, now);
-        ptr::write_volatile(&raw mut (*slot).owner, me);
+        ptr::write_volatile(&raw mut (*slot).since_jiffies, mine.since_jiffies);
+        ptr::write_volatile(&raw mut (*slot).owner, mine.owner);
+        ptr::write_volatile(&raw mut (*slot).netns_cookie, mine.netns_cookie);
         atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, order);
     }
     order
@@ -358,6 +358,7 @@ unsafe fn free(bucket: *mut ClaimBucket, way: usize) {
         atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, WRITING);
         ptr::write_volatile(&raw mut (*slot).owner, 0);
         ptr::write_volatile(&raw mut (*slot).since_jiffies, 0);
+        ptr::write_volatile(&raw mut (*slot).netns_cookie, 0);
         atomic_xchg::<u64, { SeqCst }>(tag_at(bucket, way), 0);
     }
 }

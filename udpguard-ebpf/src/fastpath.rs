@@ -13,7 +13,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_jiffies64, macros::btf_map};
-use udpguard_common::{EVERY_NAMESPACE, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot};
+use udpguard_common::{NAMESPACE_SLOTS, NamespaceIndex, namespace_slot};
 
 /// `BPF_F_MMAPABLE`: the agent writes its word through a shared mapping, field by field.
 const MMAPABLE: usize = 1 << 10;
@@ -23,15 +23,12 @@ const MMAPABLE: usize = 1 << 10;
 /// check makes no call (a call and return cost ~30 ns each on kernels with return-thunk
 /// mitigations).
 #[btf_map]
-static NAMESPACES: Array<NamespaceIndex, { NAMESPACE_SLOTS as usize + 1 }, MMAPABLE> = Array::new();
+static NAMESPACES: Array<NamespaceIndex, { NAMESPACE_SLOTS as usize }, MMAPABLE> = Array::new();
 
 /// True when the claims hold every tuple held in this namespace.
 #[inline(always)]
 pub fn index_complete(netns_cookie: u64) -> bool {
-    let (Some(slot), Some(every)) = (
-        NAMESPACES.get_ptr(namespace_slot(netns_cookie)),
-        NAMESPACES.get_ptr(EVERY_NAMESPACE),
-    ) else {
+    let Some(slot) = NAMESPACES.get_ptr(namespace_slot(netns_cookie)) else {
         return false;
     };
     // SAFETY: pointers into the array; the agent writes the cookie and seeding time under
@@ -47,29 +44,14 @@ pub fn index_complete(netns_cookie: u64) -> bool {
         };
         version & 1 == 0
             && read_volatile(&(*slot).version) == version
-            && copy.complete_for(
-                netns_cookie,
-                bpf_jiffies64(),
-                read_volatile(&(*every).unindexed_at),
-            )
+            && copy.complete_for(netns_cookie, bpf_jiffies64())
     }
 }
 
 /// Notes that a socket in this namespace holds (or may hold) a tuple the claims lack.
 #[inline(always)]
 pub fn note_unindexed(netns_cookie: u64) {
-    note(namespace_slot(netns_cookie));
-}
-
-/// Notes that a claim of some namespace was dropped to make room.
-#[inline(always)]
-pub fn note_unindexed_everywhere() {
-    note(EVERY_NAMESPACE);
-}
-
-#[inline(always)]
-fn note(slot: u32) {
-    if let Some(entry) = NAMESPACES.get_ptr_mut(slot) {
+    if let Some(entry) = NAMESPACES.get_ptr_mut(namespace_slot(netns_cookie)) {
         // SAFETY: `jiffies` (inlined), and a store into the array.
         unsafe { (*entry).unindexed_at = bpf_jiffies64() };
     }

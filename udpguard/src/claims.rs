@@ -70,6 +70,8 @@ impl ClaimTable {
             if won {
                 field(way, offset_of!(ClaimSlot, since_jiffies)).store(0, Ordering::SeqCst);
                 field(way, offset_of!(ClaimSlot, owner)).store(0, Ordering::SeqCst);
+                field(way, offset_of!(ClaimSlot, netns_cookie))
+                    .store(key.netns_cookie, Ordering::SeqCst);
                 field(way, offset_of!(ClaimSlot, order)).store(SEEDED_ORDER, Ordering::SeqCst);
                 return Ok(Seeded::Indexed);
             }
@@ -101,6 +103,7 @@ impl ClaimTable {
                 continue;
             }
             field(offset_of!(ClaimSlot, since_jiffies)).store(0, Ordering::SeqCst);
+            field(offset_of!(ClaimSlot, netns_cookie)).store(0, Ordering::SeqCst);
             self.tag(bucket, way).store(0, Ordering::SeqCst);
         }
         Ok(())

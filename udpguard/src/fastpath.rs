@@ -12,7 +12,7 @@ use std::{
 };
 
 use udpguard_common::{
-    ClaimKey, EVERY_NAMESPACE, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot,
+    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot,
 };
 
 use crate::{
@@ -40,14 +40,14 @@ pub struct NamespaceTable {
 
 impl NamespaceTable {
     pub fn open(dir: &Path, writable: bool) -> anyhow::Result<NamespaceTable> {
-        let len = (NAMESPACE_SLOTS as usize + 1) * size_of::<NamespaceIndex>();
+        let len = NAMESPACE_SLOTS as usize * size_of::<NamespaceIndex>();
         let path = dir.join(NAMESPACES_PIN);
         let map = SharedArray::open(&path, "fast-path namespace table", len, writable)?;
         Ok(NamespaceTable { map })
     }
 
     fn word(&self, slot: u32, offset: usize) -> &AtomicU64 {
-        assert!(slot <= EVERY_NAMESPACE);
+        assert!(slot < NAMESPACE_SLOTS);
         self.map
             .word(slot as usize * size_of::<NamespaceIndex>() + offset)
     }
@@ -79,9 +79,8 @@ impl NamespaceTable {
         let Ok(now) = clock::jiffies() else {
             return false;
         };
-        let every = self.read(EVERY_NAMESPACE).unindexed_at;
         self.read(namespace_slot(netns_cookie))
-            .complete_for(netns_cookie, now, every)
+            .complete_for(netns_cookie, now)
     }
 
     /// How many namespaces the fast path is on in (what `status` shows).
@@ -89,10 +88,9 @@ impl NamespaceTable {
         let Ok(now) = clock::jiffies() else {
             return 0;
         };
-        let every = self.read(EVERY_NAMESPACE).unindexed_at;
         (0..NAMESPACE_SLOTS)
             .map(|slot| self.read(slot))
-            .filter(|copy| copy.complete_for(copy.netns_cookie, now, every))
+            .filter(|copy| copy.complete_for(copy.netns_cookie, now))
             .count()
     }
 

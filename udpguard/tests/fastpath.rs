@@ -1,7 +1,8 @@
 //! The O(1) no-conflict path (issue 7): with `udpguard run` vouching for a namespace, a tuple
 //! nobody claims needs no lookup; conflicts are still refused, sockets connected before are
 //! indexed from a dump, and the fast path turns off when a process outside the guarded cgroup
-//! joins the namespace, or when the agent that vouches for it dies. Real kernel, root, own
+//! joins the namespace, when the agent that vouches for it dies, or when a claim there is
+//! dropped for room. Real kernel, root, own
 //! sandbox each.
 mod common;
 
@@ -106,4 +107,33 @@ fn the_fast_path_turns_itself_off_when_the_agent_dies() {
     assert_eq!(got, ["EPERM"]);
     assert_eq!(sb.counter("indexed"), before, "{}", sb.status());
     drop(outsider);
+}
+
+#[test]
+fn a_claim_dropped_for_room_turns_the_fast_path_off_in_its_namespace() {
+    use udpguard_common::CLAIM_WAYS;
+    let sb = Sandbox::new("fast-evict");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    let ports = common::ports_in_one_bucket(&sb, CLAIM_WAYS + 1);
+    let before = sb.counter("indexed");
+    // Eight held tuples fill a bucket; once their claims are stale (10 ms), a ninth tuple
+    // evicts one of them. That holder's tuple is no longer indexed: a newcomer to it must be
+    // refused by the full lookup, and so must the others (by their claims or the lookup).
+    let got = sb.py(&format!(
+        r#"
+        ports = {ports:?}
+        held = [udp(bind=("127.0.0.1", 4444)) for _ in ports[:-1]]
+        out(set(conn(s, ("127.0.0.2", p)) for s, p in zip(held, ports)))
+        time.sleep(0.1)
+        out(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", ports[-1])))
+        out(set(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", p)) for p in ports[:-1]))
+        "#
+    ));
+    assert_eq!(got, ["{'ok'}", "ok", "{'EPERM'}"]);
+    // The nine went by the index; the newcomers, after the eviction, by the full lookup
+    // (the agent cannot vouch again within a second: it seeds with a 1 s margin).
+    assert_eq!(sb.counter("indexed") - before, 9, "{}", sb.status());
+    assert_eq!(sb.counter("rejected"), 8);
 }

@@ -130,32 +130,11 @@ fn claims_track_the_tuples_sockets_hold() {
 
 #[test]
 fn a_full_claim_bucket_refuses_nobody_and_the_lookup_still_refuses_duplicates() {
-    use udpguard_common::{CLAIM_WAYS, ClaimKey, claim_bucket};
+    use udpguard_common::CLAIM_WAYS;
     let sb = Sandbox::new("fullbucket");
     sb.attach(&[]);
     // Nine peers whose tuples from 127.0.0.1:4444 share one claim bucket in this namespace.
-    let cookie: u64 = sb.py(r#"
-        s = udp()
-        out(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little"))  # SO_NETNS_COOKIE
-        "#)[0]
-        .parse()
-        .unwrap();
-    let key = |port: u16| ClaimKey {
-        netns_cookie: cookie,
-        local_addr: [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0],
-        peer_addr: [u32::from_ne_bytes([127, 0, 0, 2]), 0, 0, 0],
-        local_port: 4444u16.to_be(),
-        peer_port: port.to_be(),
-        family: 4,
-    };
-    let mut by_bucket = std::collections::HashMap::<u32, Vec<u16>>::new();
-    let ports = (1024..=u16::MAX)
-        .find_map(|port| {
-            let same = by_bucket.entry(claim_bucket(key(port).tag())).or_default();
-            same.push(port);
-            (same.len() > CLAIM_WAYS).then(|| same.clone())
-        })
-        .expect("nine peers in one bucket");
+    let ports = common::ports_in_one_bucket(&sb, CLAIM_WAYS + 1);
     let got = sb.py(&format!(
         r#"
         ports = {ports:?}

@@ -216,6 +216,34 @@ impl Drop for Holder {
     }
 }
 
+/// `n` peer ports whose tuples 127.0.0.1:4444 -> 127.0.0.2:port share one claim bucket in
+/// the sandbox's network namespace.
+pub fn ports_in_one_bucket(sb: &Sandbox, n: usize) -> Vec<u16> {
+    use udpguard_common::{ClaimKey, claim_bucket};
+    let netns_cookie: u64 = sb.py(r#"
+        s = udp()
+        out(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little"))  # SO_NETNS_COOKIE
+        "#)[0]
+        .parse()
+        .unwrap();
+    let key = |port: u16| ClaimKey {
+        netns_cookie,
+        local_addr: [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0],
+        peer_addr: [u32::from_ne_bytes([127, 0, 0, 2]), 0, 0, 0],
+        local_port: 4444u16.to_be(),
+        peer_port: port.to_be(),
+        family: 4,
+    };
+    let mut by_bucket = std::collections::HashMap::<u32, Vec<u16>>::new();
+    (1024..=u16::MAX)
+        .find_map(|port| {
+            let same = by_bucket.entry(claim_bucket(key(port).tag())).or_default();
+            same.push(port);
+            (same.len() == n).then(|| same.clone())
+        })
+        .expect("ports sharing a bucket")
+}
+
 /// Removes the indentation common to all non-blank lines (scenarios are indented in Rust).
 pub fn dedent(text: &str) -> String {
     let indent = text
