@@ -53,6 +53,8 @@ pub mod program_names {
     pub const CREATE: &str = "create";
     /// Empty programs on connect4, sock_create and sock_release: the benchmark's floor.
     pub const FLOOR: [&str; 3] = ["floor_connect4", "floor_create", "floor_release"];
+    /// The reference design's connect4 (lookup, EPERM), for the benchmark.
+    pub const REFERENCE: &str = "reference_connect4";
 }
 
 /// What the guard does with a conflicting `connect()`.

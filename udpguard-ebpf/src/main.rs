@@ -14,9 +14,9 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod baselines;
 mod claims;
 mod fastpath;
-mod floor;
 mod routes;
 
 use core::{mem::size_of, ptr};

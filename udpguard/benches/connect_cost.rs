@@ -6,10 +6,11 @@
 //! helper processes in the same cgroup hold N other sockets connected from 127.0.0.1:4444 to
 //! distinct peers: the sockets `bpf_sk_lookup_udp` walks when there is no conflict.
 //!
-//! For every N, five setups are measured in interleaved rounds (so they share the machine's
+//! For every N, six setups are measured in interleaved rounds (so they share the machine's
 //! noise): no program attached, empty programs on the three hooks the guard uses (the floor any
-//! program there pays: the cgroup's program array, the call and its return), udpguard
-//! (enforce), udpguard in audit mode, and udpguard with the agent's fast path on. Each round gives one batch per setup; the table shows the median
+//! program there pays: the cgroup's program array, the call and its return), the reference
+//! design (one connect4 program: the lookup, EPERM), udpguard (enforce), udpguard in audit
+//! mode, and udpguard with the agent's fast path on. Each round gives one batch per setup; the table shows the median
 //! time per operation and the median of the per-round ratios to "no program". The hit path (a
 //! holder already has the 4-tuple, so the guard refuses the connect with EPERM) is measured the
 //! same way against "no program" (where that connect succeeds and makes the duplicate).
@@ -270,6 +271,8 @@ enum Setup {
     NoProgram,
     /// Empty programs on the three hooks the guard uses: what any program there costs.
     Floor,
+    /// The reference design's connect4 program.
+    Reference,
     Enforce,
     Audit,
     /// Enforce, with the agent's route mirror vouching for the sandbox's namespace: the O(1)
@@ -278,9 +281,10 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 5] = [
+    const ALL: [Setup; 6] = [
         Setup::NoProgram,
         Setup::Floor,
+        Setup::Reference,
         Setup::Enforce,
         Setup::Audit,
         Setup::Fast,
@@ -290,6 +294,7 @@ impl Setup {
         match self {
             Setup::NoProgram => "no program",
             Setup::Floor => "empty programs",
+            Setup::Reference => "reference design",
             Setup::Enforce => "udpguard",
             Setup::Audit => "udpguard audit",
             Setup::Fast => "udpguard fast path",
@@ -298,7 +303,12 @@ impl Setup {
 
     /// Whether this setup refuses a conflicting connect.
     fn refuses(self) -> bool {
-        matches!(self, Setup::Enforce | Setup::Fast)
+        matches!(self, Setup::Reference | Setup::Enforce | Setup::Fast)
+    }
+
+    /// Whether this setup is a baseline program set rather than udpguard.
+    fn is_baseline(self) -> bool {
+        matches!(self, Setup::Floor | Setup::Reference)
     }
 }
 
@@ -423,7 +433,7 @@ struct Guard<'a> {
     current: Setup,
     /// The agent's route mirror, running while the setup is [`Setup::Fast`].
     mirror: Option<RouteMirror>,
-    floor: Floor,
+    baselines: Baselines,
 }
 
 impl Guard<'_> {
@@ -434,16 +444,16 @@ impl Guard<'_> {
         if let Some(mirror) = self.mirror.take() {
             mirror.stop(); // the fast path goes off with it
         }
-        if self.current == Setup::Floor {
-            self.floor.detach()?;
+        if self.current.is_baseline() {
+            self.baselines.detach()?;
         }
         let mode = match setup {
-            Setup::NoProgram | Setup::Floor => {
-                if !matches!(self.current, Setup::NoProgram | Setup::Floor) {
+            Setup::NoProgram | Setup::Floor | Setup::Reference => {
+                if !(self.current == Setup::NoProgram || self.current.is_baseline()) {
                     guard::detach(Some(self.cgroup))?;
                 }
-                if setup == Setup::Floor {
-                    self.floor.attach(self.cgroup)?;
+                if setup.is_baseline() {
+                    self.baselines.attach(setup, self.cgroup)?;
                 }
                 self.current = setup;
                 return Ok(());
@@ -526,35 +536,43 @@ impl Guard<'_> {
                 .programs
                 .connect4
                 .context("no connect4 program attached")?,
-            create: link("create")?,
-            release: link("release")?,
+            create: Some(link("create")?),
+            release: Some(link("release")?),
         })
     }
 }
 
 struct ProgramIds {
     connect4: u32,
-    create: u32,
-    release: u32,
+    /// None for a setup without these hooks (the reference design).
+    create: Option<u32>,
+    release: Option<u32>,
 }
 
-/// The empty programs of [`Setup::Floor`], loaded once from udpguard's own object (its
-/// `floor_*` programs) and attached to the sandbox's cgroup while that setup runs.
-struct Floor {
+/// The programs udpguard is measured against (udpguard-ebpf's `baselines.rs`): loaded once
+/// from udpguard's own object, attached to the sandbox's cgroup while their setup runs.
+struct Baselines {
     ebpf: aya::Ebpf,
-    links: Option<(CgroupSockAddrLinkId, CgroupSockLinkId, CgroupSockLinkId)>,
+    floor: Option<(CgroupSockAddrLinkId, CgroupSockLinkId, CgroupSockLinkId)>,
+    reference: Option<CgroupSockAddrLinkId>,
 }
 
-impl Floor {
-    fn load() -> anyhow::Result<Floor> {
+impl Baselines {
+    fn load() -> anyhow::Result<Baselines> {
         let mut ebpf = aya::Ebpf::load(udpguard::loader::OBJECT)
-            .context("loading udpguard's eBPF object for the empty programs")?;
+            .context("loading udpguard's eBPF object for the baseline programs")?;
         let [connect4, create, release] = program_names::FLOOR;
-        Self::connect4(&mut ebpf, connect4)?.load()?;
+        for name in [connect4, program_names::REFERENCE] {
+            Self::connect4(&mut ebpf, name)?.load()?;
+        }
         for name in [create, release] {
             Self::sock(&mut ebpf, name)?.load()?;
         }
-        Ok(Floor { ebpf, links: None })
+        Ok(Baselines {
+            ebpf,
+            floor: None,
+            reference: None,
+        })
     }
 
     fn connect4<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
@@ -571,38 +589,55 @@ impl Floor {
         Ok(program.try_into()?)
     }
 
-    fn attach(&mut self, cgroup: &Path) -> anyhow::Result<()> {
+    /// Attaches the programs of `setup` ([`Setup::Floor`] or [`Setup::Reference`]).
+    fn attach(&mut self, setup: Setup, cgroup: &Path) -> anyhow::Result<()> {
         let dir =
             std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
-        let [connect4, create, release] = program_names::FLOOR;
         let mode = CgroupAttachMode::Single;
-        let links = (
-            Self::connect4(&mut self.ebpf, connect4)?.attach(&dir, mode)?,
-            Self::sock(&mut self.ebpf, create)?.attach(&dir, mode)?,
-            Self::sock(&mut self.ebpf, release)?.attach(&dir, mode)?,
-        );
-        self.links = Some(links);
+        let [connect4, create, release] = program_names::FLOOR;
+        match setup {
+            Setup::Floor => {
+                self.floor = Some((
+                    Self::connect4(&mut self.ebpf, connect4)?.attach(&dir, mode)?,
+                    Self::sock(&mut self.ebpf, create)?.attach(&dir, mode)?,
+                    Self::sock(&mut self.ebpf, release)?.attach(&dir, mode)?,
+                ));
+            }
+            Setup::Reference => {
+                let program = Self::connect4(&mut self.ebpf, program_names::REFERENCE)?;
+                self.reference = Some(program.attach(&dir, mode)?);
+            }
+            _ => bail!("{} is not a baseline", setup.label()),
+        }
         Ok(())
     }
 
+    /// Detaches whatever is attached.
     fn detach(&mut self) -> anyhow::Result<()> {
-        let Some((connect4_link, create_link, release_link)) = self.links.take() else {
-            return Ok(());
-        };
         let [connect4, create, release] = program_names::FLOOR;
-        Self::connect4(&mut self.ebpf, connect4)?.detach(connect4_link)?;
-        Self::sock(&mut self.ebpf, create)?.detach(create_link)?;
-        Self::sock(&mut self.ebpf, release)?.detach(release_link)?;
+        if let Some((connect4_link, create_link, release_link)) = self.floor.take() {
+            Self::connect4(&mut self.ebpf, connect4)?.detach(connect4_link)?;
+            Self::sock(&mut self.ebpf, create)?.detach(create_link)?;
+            Self::sock(&mut self.ebpf, release)?.detach(release_link)?;
+        }
+        if let Some(link) = self.reference.take() {
+            Self::connect4(&mut self.ebpf, program_names::REFERENCE)?.detach(link)?;
+        }
         Ok(())
     }
 
-    fn program_ids(&mut self) -> anyhow::Result<ProgramIds> {
+    /// The floor's program ids, and the reference's connect4.
+    fn program_ids(&mut self) -> anyhow::Result<(ProgramIds, u32)> {
         let [connect4, create, release] = program_names::FLOOR;
-        Ok(ProgramIds {
+        let floor = ProgramIds {
             connect4: Self::connect4(&mut self.ebpf, connect4)?.info()?.id(),
-            create: Self::sock(&mut self.ebpf, create)?.info()?.id(),
-            release: Self::sock(&mut self.ebpf, release)?.info()?.id(),
-        })
+            create: Some(Self::sock(&mut self.ebpf, create)?.info()?.id()),
+            release: Some(Self::sock(&mut self.ebpf, release)?.info()?.id()),
+        };
+        let reference = Self::connect4(&mut self.ebpf, program_names::REFERENCE)?
+            .info()?
+            .id();
+        Ok((floor, reference))
     }
 }
 
@@ -747,6 +782,9 @@ struct Level {
     no_program: Measured,
     /// Empty programs on the same three hooks.
     floor: Measured,
+    /// The reference design (one connect4 program, the full lookup).
+    reference: Measured,
+    hit_reference: Measured,
     enforce: Measured,
     audit: Measured,
     /// The refused connect (enforce) and the same operation with no program, where that
@@ -761,6 +799,8 @@ struct Level {
     programs_hit: Option<ProgramTimes>,
     programs_fast: Option<ProgramTimes>,
     programs_floor: Option<ProgramTimes>,
+    programs_reference: Option<ProgramTime>,
+    programs_hit_reference: Option<ProgramTime>,
 }
 
 #[derive(Debug, Serialize)]
@@ -854,7 +894,7 @@ fn orchestrate(options: &Options) -> anyhow::Result<()> {
         cgroup: &sandbox.cgroup,
         current: Setup::NoProgram,
         mirror: None,
-        floor: Floor::load()?,
+        baselines: Baselines::load()?,
     };
     let mut report = Report {
         machine,
@@ -952,7 +992,7 @@ fn measure_level(
                 let ns = timed(worker, setup, true, hit_ops)?;
                 worker.hold(false)?;
                 times.entry((setup, true)).or_default().push(ns);
-                if setup.refuses() {
+                if setup.refuses() && !setup.is_baseline() {
                     *events_lost = (*events_lost).max(guard.drain_events()?);
                 }
             }
@@ -973,6 +1013,8 @@ fn measure_level(
         hit_ops_per_batch: hit_ops,
         no_program: measured(Setup::NoProgram, false),
         floor: measured(Setup::Floor, false),
+        reference: measured(Setup::Reference, false),
+        hit_reference: measured(Setup::Reference, true),
         enforce: measured(Setup::Enforce, false),
         audit: measured(Setup::Audit, false),
         fast: measured(Setup::Fast, false),
@@ -984,21 +1026,26 @@ fn measure_level(
 
     // The programs' own time, from the kernel's stats, in windows of their own.
     match program_windows(worker, guard, ops, hit_ops) {
-        Ok((enforce, hit, audit, fast, floor)) => {
-            level.programs_floor = Some(floor);
-            level.programs_enforce = Some(enforce);
-            level.programs_hit = Some(hit);
-            level.programs_audit = Some(audit);
-            level.programs_fast = Some(fast);
+        Ok(times) => {
+            let of = |setup, hit| times.get(&(setup, hit)).copied();
+            level.programs_floor = of(Setup::Floor, false);
+            level.programs_reference = of(Setup::Reference, false).map(|t| t.connect4);
+            level.programs_hit_reference = of(Setup::Reference, true).map(|t| t.connect4);
+            level.programs_enforce = of(Setup::Enforce, false);
+            level.programs_hit = of(Setup::Enforce, true);
+            level.programs_audit = of(Setup::Audit, false);
+            level.programs_fast = of(Setup::Fast, false);
         }
         Err(err) => eprintln!("connect_cost: no BPF run-time stats: {err:#}"),
     }
     *events_lost = (*events_lost).max(guard.drain_events()?);
     eprintln!(
-        "connect_cost: {sockets} sockets done: no program {}, empty programs {} ({:.2}x), udpguard {} ({:.2}x), audit {} ({:.2}x), fast path {} ({:.2}x)",
+        "connect_cost: {sockets} sockets done: no program {}, empty programs {} ({:.2}x), reference {} ({:.2}x), udpguard {} ({:.2}x), audit {} ({:.2}x), fast path {} ({:.2}x)",
         fmt_ns(level.no_program.ns_per_op.median),
         fmt_ns(level.floor.ns_per_op.median),
         level.floor.ratio.median,
+        fmt_ns(level.reference.ns_per_op.median),
+        level.reference.ratio.median,
         fmt_ns(level.enforce.ns_per_op.median),
         level.enforce.ratio.median,
         fmt_ns(level.audit.ns_per_op.median),
@@ -1009,22 +1056,20 @@ fn measure_level(
     Ok(level)
 }
 
-/// Program time per run (enforce miss, enforce hit, audit miss, fast-path miss, empty
-/// programs), stats on only meanwhile:
-/// the median over [`STATS_WINDOWS`] windows of one batch each, interleaved.
+/// Program time per run of each setup (the hit path of those that refuse), stats on only
+/// meanwhile: the median over [`STATS_WINDOWS`] windows of one batch each, interleaved.
 fn program_windows(
     worker: &mut Worker,
     guard: &mut Guard<'_>,
     ops: u64,
     hit_ops: u64,
-) -> anyhow::Result<(
-    ProgramTimes,
-    ProgramTimes,
-    ProgramTimes,
-    ProgramTimes,
-    ProgramTimes,
-)> {
-    let floor_ids = guard.floor.program_ids()?;
+) -> anyhow::Result<HashMap<(Setup, bool), ProgramTimes>> {
+    let (floor_ids, reference_id) = guard.baselines.program_ids()?;
+    let reference_ids = ProgramIds {
+        connect4: reference_id,
+        create: None,
+        release: None,
+    };
     let _stats = StatsOn::enable()?;
     let window =
         |worker: &mut Worker, ids: &ProgramIds, ops: u64| -> anyhow::Result<ProgramTimes> {
@@ -1032,9 +1077,13 @@ fn program_windows(
             let before = program_counts()?;
             worker.run(ops)?;
             let after = program_counts()?;
-            let time = |id| program_time(&before, &after, id);
+            let time = |id: Option<u32>| {
+                id.map_or(Ok(ProgramTime::default()), |id| {
+                    program_time(&before, &after, id)
+                })
+            };
             let times = ProgramTimes {
-                connect4: time(ids.connect4)?,
+                connect4: time(Some(ids.connect4))?,
                 sock_create: time(ids.create)?,
                 sock_release: time(ids.release)?,
             };
@@ -1045,32 +1094,39 @@ fn program_windows(
             );
             Ok(times)
         };
-    let (mut enforce, mut hit, mut audit, mut fast, mut floor) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut windows: HashMap<(Setup, bool), Vec<ProgramTimes>> = HashMap::new();
+    let mut measure = |worker: &mut Worker, setup: Setup, ids: &ProgramIds, hit: bool| {
+        if hit {
+            worker.hold(true)?;
+        }
+        let times = window(worker, ids, if hit { hit_ops } else { ops });
+        if hit {
+            worker.hold(false)?;
+        }
+        windows.entry((setup, hit)).or_default().push(times?);
+        anyhow::Ok(())
+    };
     for _ in 0..STATS_WINDOWS {
         guard.set(Setup::Floor)?;
-        floor.push(window(worker, &floor_ids, ops)?);
-        // Loaded afresh after the empty programs; then switched in place, same programs.
+        measure(worker, Setup::Floor, &floor_ids, false)?;
+        guard.set(Setup::Reference)?;
+        measure(worker, Setup::Reference, &reference_ids, false)?;
+        measure(worker, Setup::Reference, &reference_ids, true)?;
+        // Loaded afresh after the baselines; then switched in place, same programs.
         guard.set(Setup::Enforce)?;
         let guard_ids = guard.program_ids()?;
-        enforce.push(window(worker, &guard_ids, ops)?);
-        worker.hold(true)?;
-        let times = window(worker, &guard_ids, hit_ops);
-        worker.hold(false)?;
-        hit.push(times?);
+        measure(worker, Setup::Enforce, &guard_ids, false)?;
+        measure(worker, Setup::Enforce, &guard_ids, true)?;
         guard.set(Setup::Audit)?;
-        audit.push(window(worker, &guard_ids, ops)?);
+        measure(worker, Setup::Audit, &guard_ids, false)?;
         guard.set(Setup::Fast)?;
         guard.wait_fast_path(worker)?;
-        fast.push(window(worker, &guard_ids, ops)?);
+        measure(worker, Setup::Fast, &guard_ids, false)?;
     }
-    Ok((
-        ProgramTimes::median(&enforce),
-        ProgramTimes::median(&hit),
-        ProgramTimes::median(&audit),
-        ProgramTimes::median(&fast),
-        ProgramTimes::median(&floor),
-    ))
+    Ok(windows
+        .into_iter()
+        .map(|(key, times)| (key, ProgramTimes::median(&times)))
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1119,10 +1175,12 @@ fn table(report: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
+        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
         "sockets",
         "no program",
         "empty x3",
+        "ratio",
+        "reference",
         "ratio",
         "udpguard",
         "ratio",
@@ -1133,15 +1191,17 @@ fn table(report: &Report) -> String {
         "c4 alone",
         "c4 fast"
     );
-    let _ = writeln!(out, "{}", "-".repeat(172));
+    let _ = writeln!(out, "{}", "-".repeat(203));
     for l in &report.levels {
         let _ = writeln!(
             out,
-            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
+            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
             l.sockets,
             fmt_ns(l.no_program.ns_per_op.median),
             fmt_ns(l.floor.ns_per_op.median),
             fmt_ratio(&l.floor.ratio),
+            fmt_ns(l.reference.ns_per_op.median),
+            fmt_ratio(&l.reference.ratio),
             fmt_ns(l.enforce.ns_per_op.median),
             fmt_ratio(&l.enforce.ratio),
             fmt_ns(l.audit.ns_per_op.median),
@@ -1159,7 +1219,7 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10}",
+        "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10} | {:>10}",
         "sockets",
         "connect4",
         "create",
@@ -1171,14 +1231,15 @@ fn table(report: &Report) -> String {
         "per op",
         "hit c4",
         "empty c4",
-        "per op"
+        "per op",
+        "ref c4"
     );
-    let _ = writeln!(out, "{}", "-".repeat(145));
+    let _ = writeln!(out, "{}", "-".repeat(158));
     for l in &report.levels {
         let total = |p: Option<ProgramTimes>| p.map_or_else(|| "n/a".into(), |p| fmt_ns(p.total()));
         let _ = writeln!(
             out,
-            "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10}",
+            "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10} | {:>10}",
             l.sockets,
             fmt_program(l.programs_enforce.map(|p| p.connect4)),
             fmt_program(l.programs_enforce.map(|p| p.sock_create)),
@@ -1191,12 +1252,14 @@ fn table(report: &Report) -> String {
             fmt_program(l.programs_hit.map(|p| p.connect4)),
             fmt_program(l.programs_floor.map(|p| p.connect4)),
             total(l.programs_floor),
+            fmt_program(l.programs_reference),
         );
     }
     let _ = writeln!(
         out,
         "empty x3: empty programs on connect4, sock_create and sock_release, the floor of any \
-         program on the three hooks the guard uses"
+         program on the three hooks the guard uses; reference: the reference design's connect4 \
+         (the lookup, EPERM)"
     );
     let _ = writeln!(
         out,
@@ -1205,14 +1268,22 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>10}",
-        "sockets", "no program", "refused", "ratio", "connect4", "per op"
+        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>10} | {:>10} {:>18} | {:>10}",
+        "sockets",
+        "no program",
+        "refused",
+        "ratio",
+        "connect4",
+        "per op",
+        "reference",
+        "ratio",
+        "ref c4"
     );
-    let _ = writeln!(out, "{}", "-".repeat(80));
+    let _ = writeln!(out, "{}", "-".repeat(125));
     for l in &report.levels {
         let _ = writeln!(
             out,
-            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>10}",
+            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>10} | {:>10} {:>18} | {:>10}",
             l.sockets,
             fmt_ns(l.hit_no_program.ns_per_op.median),
             fmt_ns(l.hit_enforce.ns_per_op.median),
@@ -1220,6 +1291,9 @@ fn table(report: &Report) -> String {
             fmt_program(l.programs_hit.map(|p| p.connect4)),
             l.programs_hit
                 .map_or_else(|| "n/a".into(), |p| fmt_ns(p.total())),
+            fmt_ns(l.hit_reference.ns_per_op.median),
+            fmt_ratio(&l.hit_reference.ratio),
+            fmt_program(l.programs_hit_reference),
         );
     }
     if report.events_lost > 0 {
@@ -1262,6 +1336,17 @@ fn plot(report: &Report) -> String {
                 .levels
                 .iter()
                 .map(|l| l.floor.ns_per_op.median)
+                .collect(),
+            notes: Vec::new(),
+        },
+        svg::Series {
+            label: "reference design",
+            color: "#ff7f0e",
+            dashed: true,
+            values: report
+                .levels
+                .iter()
+                .map(|l| l.reference.ns_per_op.median)
                 .collect(),
             notes: Vec::new(),
         },
