@@ -1329,7 +1329,7 @@ fn plot(report: &Report) -> String {
             notes: Vec::new(),
         },
         svg::Series {
-            label: "empty programs (floor)",
+            label: "empty programs",
             color: "#999999",
             dashed: true,
             values: report
@@ -1377,7 +1377,7 @@ fn plot(report: &Report) -> String {
             notes: Vec::new(),
         },
         svg::Series {
-            label: "udpguard fast path (agent running)",
+            label: "fast path (agent)",
             color: "#2ca02c",
             dashed: false,
             values: report
