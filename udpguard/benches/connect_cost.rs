@@ -43,7 +43,7 @@ use aya::programs::{
 };
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
-use udpguard::{guard, routes::RouteMirror, sandbox::Sandbox, settings::Mode};
+use udpguard::{guard, loader::program, routes::RouteMirror, sandbox::Sandbox, settings::Mode};
 use udpguard_common::program_names;
 
 /// The local address every socket in the bench shares.
@@ -563,30 +563,16 @@ impl Baselines {
             .context("loading udpguard's eBPF object for the baseline programs")?;
         let [connect4, create, release] = program_names::FLOOR;
         for name in [connect4, program_names::REFERENCE] {
-            Self::connect4(&mut ebpf, name)?.load()?;
+            program::<CgroupSockAddr>(&mut ebpf, name)?.load()?;
         }
         for name in [create, release] {
-            Self::sock(&mut ebpf, name)?.load()?;
+            program::<CgroupSock>(&mut ebpf, name)?.load()?;
         }
         Ok(Baselines {
             ebpf,
             floor: None,
             reference: None,
         })
-    }
-
-    fn connect4<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
-        let program = ebpf
-            .program_mut(name)
-            .with_context(|| format!("no {name}"))?;
-        Ok(program.try_into()?)
-    }
-
-    fn sock<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSock> {
-        let program = ebpf
-            .program_mut(name)
-            .with_context(|| format!("no {name}"))?;
-        Ok(program.try_into()?)
     }
 
     /// Attaches the programs of `setup` ([`Setup::Floor`] or [`Setup::Reference`]).
@@ -598,13 +584,13 @@ impl Baselines {
         match setup {
             Setup::Floor => {
                 self.floor = Some((
-                    Self::connect4(&mut self.ebpf, connect4)?.attach(&dir, mode)?,
-                    Self::sock(&mut self.ebpf, create)?.attach(&dir, mode)?,
-                    Self::sock(&mut self.ebpf, release)?.attach(&dir, mode)?,
+                    program::<CgroupSockAddr>(&mut self.ebpf, connect4)?.attach(&dir, mode)?,
+                    program::<CgroupSock>(&mut self.ebpf, create)?.attach(&dir, mode)?,
+                    program::<CgroupSock>(&mut self.ebpf, release)?.attach(&dir, mode)?,
                 ));
             }
             Setup::Reference => {
-                let program = Self::connect4(&mut self.ebpf, program_names::REFERENCE)?;
+                let program = program::<CgroupSockAddr>(&mut self.ebpf, program_names::REFERENCE)?;
                 self.reference = Some(program.attach(&dir, mode)?);
             }
             _ => bail!("{} is not a baseline", setup.label()),
@@ -616,12 +602,12 @@ impl Baselines {
     fn detach(&mut self) -> anyhow::Result<()> {
         let [connect4, create, release] = program_names::FLOOR;
         if let Some((connect4_link, create_link, release_link)) = self.floor.take() {
-            Self::connect4(&mut self.ebpf, connect4)?.detach(connect4_link)?;
-            Self::sock(&mut self.ebpf, create)?.detach(create_link)?;
-            Self::sock(&mut self.ebpf, release)?.detach(release_link)?;
+            program::<CgroupSockAddr>(&mut self.ebpf, connect4)?.detach(connect4_link)?;
+            program::<CgroupSock>(&mut self.ebpf, create)?.detach(create_link)?;
+            program::<CgroupSock>(&mut self.ebpf, release)?.detach(release_link)?;
         }
         if let Some(link) = self.reference.take() {
-            Self::connect4(&mut self.ebpf, program_names::REFERENCE)?.detach(link)?;
+            program::<CgroupSockAddr>(&mut self.ebpf, program_names::REFERENCE)?.detach(link)?;
         }
         Ok(())
     }
@@ -630,11 +616,13 @@ impl Baselines {
     fn program_ids(&mut self) -> anyhow::Result<(ProgramIds, u32)> {
         let [connect4, create, release] = program_names::FLOOR;
         let floor = ProgramIds {
-            connect4: Self::connect4(&mut self.ebpf, connect4)?.info()?.id(),
-            create: Some(Self::sock(&mut self.ebpf, create)?.info()?.id()),
-            release: Some(Self::sock(&mut self.ebpf, release)?.info()?.id()),
+            connect4: program::<CgroupSockAddr>(&mut self.ebpf, connect4)?
+                .info()?
+                .id(),
+            create: Some(program::<CgroupSock>(&mut self.ebpf, create)?.info()?.id()),
+            release: Some(program::<CgroupSock>(&mut self.ebpf, release)?.info()?.id()),
         };
-        let reference = Self::connect4(&mut self.ebpf, program_names::REFERENCE)?
+        let reference = program::<CgroupSockAddr>(&mut self.ebpf, program_names::REFERENCE)?
             .info()?
             .id();
         Ok((floor, reference))

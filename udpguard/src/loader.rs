@@ -113,7 +113,8 @@ const fn connect_programs(set_retval: bool) -> [&'static str; 2] {
     }
 }
 
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+/// The program `name` of the object, as its type `P` (`CgroupSockAddr`, `CgroupSock`).
+pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
 {
