@@ -10,8 +10,9 @@
 //! noise): no program attached, empty programs on the three hooks the guard uses (the floor any
 //! program there pays: the cgroup's program array, the call and its return), the reference
 //! design (one connect4 program: the lookup, EPERM), udpguard (enforce), udpguard in audit
-//! mode, and udpguard with the agent's fast path on. Each round gives one batch per setup; the table shows the median
-//! time per operation and the median of the per-round ratios to "no program". The hit path (a
+//! mode, and udpguard with the agent's fast path on. Each round gives one batch per setup; the
+//! table shows the mean time per operation and its ratio to "no program", with a 95% bootstrap
+//! interval over rounds (why the mean: see `connect_cost/stats.rs`). The hit path (a
 //! holder already has the 4-tuple, so the guard refuses the connect with EPERM) is measured the
 //! same way against "no program" (where that connect succeeds and makes the duplicate).
 //!
@@ -45,6 +46,9 @@ use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
 use udpguard::{guard, loader::program, routes::RouteMirror, sandbox::Sandbox, settings::Mode};
 use udpguard_common::program_names;
+
+#[path = "connect_cost/stats.rs"]
+mod stats;
 
 /// The local address every socket in the bench shares.
 const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4444);
@@ -716,7 +720,7 @@ impl ProgramTimes {
             let times: Vec<ProgramTime> = windows.iter().map(pick).collect();
             let ns: Vec<f64> = times.iter().map(|t| t.ns_per_run).collect();
             ProgramTime {
-                ns_per_run: Spread::of(&ns).median,
+                ns_per_run: stats::median(&ns),
                 runs: times.iter().map(|t| t.runs).sum(),
             }
         };
@@ -733,32 +737,11 @@ impl ProgramTimes {
     }
 }
 
-/// Median, 25th and 75th percentile.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-struct Spread {
-    median: f64,
-    p25: f64,
-    p75: f64,
-}
-
-impl Spread {
-    fn of(values: &[f64]) -> Spread {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-        Spread {
-            median: at(0.5),
-            p25: at(0.25),
-            p75: at(0.75),
-        }
-    }
-}
-
 /// One setup at one N: time per operation, and its ratio to "no program" (paired by round).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 struct Measured {
-    ns_per_op: Spread,
-    ratio: Spread,
+    ns_per_op: f64,
+    ratio: stats::Ratio,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -989,10 +972,9 @@ fn measure_level(
     let measured = |setup: Setup, hit: bool| {
         let base = &times[&(Setup::NoProgram, hit)];
         let these = &times[&(setup, hit)];
-        let ratios: Vec<f64> = these.iter().zip(base).map(|(t, b)| t / b).collect();
         Measured {
-            ns_per_op: Spread::of(these),
-            ratio: Spread::of(&ratios),
+            ns_per_op: stats::mean(these),
+            ratio: stats::ratio_of_means(these, base),
         }
     };
     let mut level = Level {
@@ -1029,17 +1011,17 @@ fn measure_level(
     *events_lost = (*events_lost).max(guard.drain_events()?);
     eprintln!(
         "connect_cost: {sockets} sockets done: no program {}, empty programs {} ({:.2}x), reference {} ({:.2}x), udpguard {} ({:.2}x), audit {} ({:.2}x), fast path {} ({:.2}x)",
-        fmt_ns(level.no_program.ns_per_op.median),
-        fmt_ns(level.floor.ns_per_op.median),
-        level.floor.ratio.median,
-        fmt_ns(level.reference.ns_per_op.median),
-        level.reference.ratio.median,
-        fmt_ns(level.enforce.ns_per_op.median),
-        level.enforce.ratio.median,
-        fmt_ns(level.audit.ns_per_op.median),
-        level.audit.ratio.median,
-        fmt_ns(level.fast.ns_per_op.median),
-        level.fast.ratio.median,
+        fmt_ns(level.no_program.ns_per_op),
+        fmt_ns(level.floor.ns_per_op),
+        level.floor.ratio.value,
+        fmt_ns(level.reference.ns_per_op),
+        level.reference.ratio.value,
+        fmt_ns(level.enforce.ns_per_op),
+        level.enforce.ratio.value,
+        fmt_ns(level.audit.ns_per_op),
+        level.audit.ratio.value,
+        fmt_ns(level.fast.ns_per_op),
+        level.fast.ratio.value,
     );
     Ok(level)
 }
@@ -1139,8 +1121,8 @@ fn fmt_ns(ns: f64) -> String {
     format!("{value:.digits$} {unit}")
 }
 
-fn fmt_ratio(r: &Spread) -> String {
-    format!("{:.2}x ({:.2}-{:.2})", r.median, r.p25, r.p75)
+fn fmt_ratio(r: &stats::Ratio) -> String {
+    format!("{:.2}x [{:.2}-{:.2}]", r.value, r.low, r.high)
 }
 
 fn fmt_program(p: Option<ProgramTime>) -> String {
@@ -1156,7 +1138,7 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{}; median per op over {} interleaved rounds; ratio to no program: median (p25-p75) of per-round ratios",
+        "{}; mean per op over {} interleaved rounds; ratio to no program: ratio of the means [95% interval, bootstrap over rounds]",
         report.machine.describe(),
         report.rounds
     );
@@ -1185,16 +1167,16 @@ fn table(report: &Report) -> String {
             out,
             "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
             l.sockets,
-            fmt_ns(l.no_program.ns_per_op.median),
-            fmt_ns(l.floor.ns_per_op.median),
+            fmt_ns(l.no_program.ns_per_op),
+            fmt_ns(l.floor.ns_per_op),
             fmt_ratio(&l.floor.ratio),
-            fmt_ns(l.reference.ns_per_op.median),
+            fmt_ns(l.reference.ns_per_op),
             fmt_ratio(&l.reference.ratio),
-            fmt_ns(l.enforce.ns_per_op.median),
+            fmt_ns(l.enforce.ns_per_op),
             fmt_ratio(&l.enforce.ratio),
-            fmt_ns(l.audit.ns_per_op.median),
+            fmt_ns(l.audit.ns_per_op),
             fmt_ratio(&l.audit.ratio),
-            fmt_ns(l.fast.ns_per_op.median),
+            fmt_ns(l.fast.ns_per_op),
             fmt_ratio(&l.fast.ratio),
             fmt_program(l.programs_enforce.map(|p| p.connect4)),
             fmt_program(l.programs_fast.map(|p| p.connect4)),
@@ -1273,13 +1255,13 @@ fn table(report: &Report) -> String {
             out,
             "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>10} | {:>10} {:>18} | {:>10}",
             l.sockets,
-            fmt_ns(l.hit_no_program.ns_per_op.median),
-            fmt_ns(l.hit_enforce.ns_per_op.median),
+            fmt_ns(l.hit_no_program.ns_per_op),
+            fmt_ns(l.hit_enforce.ns_per_op),
             fmt_ratio(&l.hit_enforce.ratio),
             fmt_program(l.programs_hit.map(|p| p.connect4)),
             l.programs_hit
                 .map_or_else(|| "n/a".into(), |p| fmt_ns(p.total())),
-            fmt_ns(l.hit_reference.ns_per_op.median),
+            fmt_ns(l.hit_reference.ns_per_op),
             fmt_ratio(&l.hit_reference.ratio),
             fmt_program(l.programs_hit_reference),
         );
@@ -1312,7 +1294,7 @@ fn plot(report: &Report) -> String {
             values: report
                 .levels
                 .iter()
-                .map(|l| l.no_program.ns_per_op.median)
+                .map(|l| l.no_program.ns_per_op)
                 .collect(),
             notes: Vec::new(),
         },
@@ -1320,11 +1302,7 @@ fn plot(report: &Report) -> String {
             label: "empty programs",
             color: "#999999",
             dashed: true,
-            values: report
-                .levels
-                .iter()
-                .map(|l| l.floor.ns_per_op.median)
-                .collect(),
+            values: report.levels.iter().map(|l| l.floor.ns_per_op).collect(),
             notes: Vec::new(),
         },
         svg::Series {
@@ -1334,7 +1312,7 @@ fn plot(report: &Report) -> String {
             values: report
                 .levels
                 .iter()
-                .map(|l| l.reference.ns_per_op.median)
+                .map(|l| l.reference.ns_per_op)
                 .collect(),
             notes: Vec::new(),
         },
@@ -1342,41 +1320,29 @@ fn plot(report: &Report) -> String {
             label: "udpguard",
             color: "#d62728",
             dashed: false,
-            values: report
-                .levels
-                .iter()
-                .map(|l| l.enforce.ns_per_op.median)
-                .collect(),
+            values: report.levels.iter().map(|l| l.enforce.ns_per_op).collect(),
             notes: report
                 .levels
                 .iter()
-                .map(|l| format!("{:.2}x", l.enforce.ratio.median))
+                .map(|l| format!("{:.2}x", l.enforce.ratio.value))
                 .collect(),
         },
         svg::Series {
             label: "udpguard audit",
             color: "#1f77b4",
             dashed: true,
-            values: report
-                .levels
-                .iter()
-                .map(|l| l.audit.ns_per_op.median)
-                .collect(),
+            values: report.levels.iter().map(|l| l.audit.ns_per_op).collect(),
             notes: Vec::new(),
         },
         svg::Series {
             label: "fast path (agent)",
             color: "#2ca02c",
             dashed: false,
-            values: report
-                .levels
-                .iter()
-                .map(|l| l.fast.ns_per_op.median)
-                .collect(),
+            values: report.levels.iter().map(|l| l.fast.ns_per_op).collect(),
             notes: report
                 .levels
                 .iter()
-                .map(|l| format!("{:.2}x", l.fast.ratio.median))
+                .map(|l| format!("{:.2}x", l.fast.ratio.value))
                 .collect(),
         },
     ];
@@ -1385,7 +1351,7 @@ fn plot(report: &Report) -> String {
         &[
             &format!("measured on {}", report.machine.describe()),
             &format!(
-                "median per operation over {} interleaved rounds; labels: udpguard / no program",
+                "mean per operation over {} interleaved rounds; labels: udpguard / no program",
                 report.rounds
             ),
         ],
@@ -1546,6 +1512,10 @@ mod svg {
         );
         // The series.
         for (n, s) in series.iter().enumerate() {
+            // Notes of alternate series go above and below their points: close values (as at
+            // 0 sockets) keep their labels apart.
+            let noted_before = series[..n].iter().filter(|s| !s.notes.is_empty()).count();
+            let note_dy = if noted_before % 2 == 0 { -8.0 } else { 17.0 };
             let dash = if s.dashed {
                 r#" stroke-dasharray="6 4""#
             } else {
@@ -1579,7 +1549,7 @@ mod svg {
                         out,
                         r#"<text x="{:.1}" y="{:.1}" fill="{}" text-anchor="end">{}</text>"#,
                         x_at(i) - 8.0,
-                        y_at(v) - 8.0,
+                        y_at(v) + note_dy,
                         s.color,
                         escape(note)
                     );
