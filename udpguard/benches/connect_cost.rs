@@ -1512,10 +1512,14 @@ mod svg {
         );
         // The series.
         for (n, s) in series.iter().enumerate() {
-            // Notes of alternate series go above and below their points: close values (as at
-            // 0 sockets) keep their labels apart.
+            // Notes of alternate series go above left and below right of their points: close
+            // values (as at 0 sockets) keep their labels apart, and off the rising lines.
             let noted_before = series[..n].iter().filter(|s| !s.notes.is_empty()).count();
-            let note_dy = if noted_before % 2 == 0 { -8.0 } else { 17.0 };
+            let (note_dx, note_dy, anchor) = if noted_before % 2 == 0 {
+                (-8.0, -8.0, "end")
+            } else {
+                (8.0, 17.0, "start")
+            };
             let dash = if s.dashed {
                 r#" stroke-dasharray="6 4""#
             } else {
@@ -1547,8 +1551,8 @@ mod svg {
                 if let Some(note) = s.notes.get(i) {
                     let _ = writeln!(
                         out,
-                        r#"<text x="{:.1}" y="{:.1}" fill="{}" text-anchor="end">{}</text>"#,
-                        x_at(i) - 8.0,
+                        r#"<text x="{:.1}" y="{:.1}" fill="{}" text-anchor="{anchor}">{}</text>"#,
+                        x_at(i) + note_dx,
                         y_at(v) + note_dy,
                         s.color,
                         escape(note)
