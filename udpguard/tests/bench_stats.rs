@@ -5,15 +5,17 @@ mod stats;
 use stats::{mean, median, ratio_of_means};
 
 #[test]
-fn the_ratio_is_of_the_sums_not_a_mean_of_per_round_ratios() {
+fn the_ratio_is_of_the_sums_not_a_mean_or_median_of_per_round_ratios() {
     // Round 2's setup batch caught a burst of deferred work: it counts once, by its size.
-    let base = [10.0, 10.0, 10.0, 10.0];
-    let these = [10.5, 10.5, 13.5, 10.5];
+    let base = [10.0, 20.0, 10.0, 20.0];
+    let these = [10.5, 21.0, 13.5, 21.0];
     let ratio = ratio_of_means(&these, &base);
-    assert!((ratio.value - 45.0 / 40.0).abs() < 1e-12);
+    // Per-round ratios 1.05, 1.05, 1.35, 1.05: their mean is 1.125, their median 1.05.
+    assert!((ratio.value - 66.0 / 60.0).abs() < 1e-12, "{ratio:?}");
     assert!(ratio.low <= ratio.value && ratio.value <= ratio.high);
     // The interval spans what resampled rounds can give: all bursts or none.
     assert!(ratio.low >= 1.05 - 1e-12 && ratio.high <= 1.35 + 1e-12);
+    assert!(ratio.low < ratio.value && ratio.value < ratio.high);
 }
 
 #[test]
