@@ -1,11 +1,15 @@
-//! Programs the `connect_cost` benchmark measures udpguard against, in the same run; udpguard
-//! itself never attaches them.
+//! Programs the `connect_cost` benchmark measures udpguard against, in the same run: an object
+//! of its own (`udpguard-baselines`), so that editing them never changes the shipped object,
+//! whose hash is an attachment's identity.
 //! - The floor: empty programs on the guard's three hooks, what any program on connect4,
 //!   sock_create and sock_release costs on this kernel (the cgroup's program array, the call
 //!   into the program and its return).
 //! - The reference design udpguard grew from: one connect4 program that looks the 4-tuple up
 //!   with `bpf_sk_lookup_udp` and refuses with EPERM when an ESTABLISHED socket holds it (IPv4,
 //!   sockets bound to a full address and port only, racy).
+#![no_std]
+#![no_main]
+
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_TCP_ESTABLISHED, bpf_sock_tuple,
@@ -16,7 +20,17 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 
-use crate::{ALLOW, IPPROTO_UDP, REFUSE, SOCK_DGRAM, load};
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_UDP: u32 = 17;
+
+/// Reads a context field with one load of its own size, as the verifier wants.
+#[inline(always)]
+unsafe fn load<T: Copy>(field: &T) -> T {
+    // SAFETY: `field` is a valid reference.
+    unsafe { core::ptr::read_volatile(field) }
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn floor_connect4(_ctx: SockAddrContext) -> i32 {
@@ -60,3 +74,13 @@ pub fn reference_connect4(ctx: SockAddrContext) -> i32 {
         if established { REFUSE } else { ALLOW }
     }
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,21 +1,17 @@
-//! Claims close the race the kernel's lookup alone leaves open: two sockets connecting to the
-//! same tuple at once both pass the lookup, because neither is hashed as connected until after
-//! this hook. Before a connect goes ahead it claims its tuple in a table shared by all CPUs:
-//! a slot is won with one compare-and-swap, so exactly one of two racers gets the claim, and no
-//! program ever waits for another CPU (a VM's vCPU can be paused mid-write for milliseconds).
+//! The claim table and the socket records in the kernel (their layout and the rules are in
+//! `udpguard_common::claims` and `::records`). Before a connect goes ahead it claims its tuple;
+//! a way is won with one compare-and-swap and written with `order` last, so a reader sees a
+//! whole claim or one in progress, and no program ever waits for another CPU (a VM's vCPU can
+//! be paused mid-write for milliseconds).
 //!
-//! A newcomer that finds another socket's claim and no holder in the lookup cannot tell a
-//! racer still on its way to the hash from a claimant that has left without a hook running
-//! (connect failed, or `connect(AF_UNSPEC)`). It decides by two facts:
-//! - a claim older than `Config::fresh_jiffies` (10 ms) is stale, whatever its story: taken
-//!   over;
-//! - a fresh claim refuses only a socket born before it, as every racer's was. Births tick one
-//!   clock (`ORDER`) and claims read it, so a socket created after the claim (a newcomer taking
-//!   a tuple its holder just dropped) takes the claim over.
+//! Claims are released when their socket closes (`sock_release`, through its record) or
+//! connects elsewhere, so the common cases never meet another socket's claim. Everything is an
+//! array sized at load time: no hash-map update on any path (those cost ~200 ns each), and no
+//! number of sockets makes a legitimate connect fail: a claim or a record that finds no room
+//! is counted (`unrecorded`) and only the race protection of that connect is lost.
 //!
-//! Claims are released when their socket closes or connects elsewhere, so the common cases
-//! never get here. Everything is an array (no hash-map update on any path: those cost
-//! ~200 ns each), and the only clock read is `jiffies`, which the verifier inlines.
+//! Buckets are passed around with their index: the verifier refuses arithmetic and
+//! comparisons on map-value pointers to programs without extra privileges.
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xadd, atomic_xchg},
@@ -24,70 +20,131 @@ use core::{
 
 use aya_ebpf::{
     btf_maps::Array,
-    helpers::generated::{bpf_get_socket_cookie, bpf_jiffies64},
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::btf_map,
     programs::SockAddrContext,
 };
 use udpguard_common::{
-    CLAIM_BUCKETS, CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SOCKET_PROBES, SOCKET_RECORDS,
-    SocketRecord, claim_bucket,
+    CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SocketRecord,
+    claims::{
+        Claimant, Contest, WRITING, claim_flags, claim_ref, contest, primary_bucket, spill_bucket,
+        way_of_ref,
+    },
+    records::{RECORD_PROBES, reclaimable, record_flags},
+    time::{FRESH_NS, fresh_at},
 };
 
-use crate::{CONFIG, fastpath};
+use crate::fastpath;
 
 /// `BPF_F_MMAPABLE`: the agent seeds the table through a shared mapping, with the same steps.
 const MMAPABLE: usize = 1 << 10;
 
+/// The claim table. Its size here is a placeholder: user space sets it at load time, and
+/// [`CLAIM_MASK`] with it.
 #[btf_map]
-static CLAIMS: Array<ClaimBucket, { CLAIM_BUCKETS as usize }, MMAPABLE> = Array::new();
+static CLAIMS: Array<ClaimBucket, 1, MMAPABLE> = Array::new();
 
-/// UDP sockets by cookie (probing from `cookie % SOCKET_RECORDS`): their birth, and the claim
-/// each holds. Written at `sock_create`, freed at `sock_release`. A socket without a record
-/// (created before the attach, or no free place) counts as old and releases no claim on close,
-/// which only ever makes the guard more careful.
+/// Socket records by cookie (placeholder size, set at load time with [`RECORD_MASK`]).
 #[btf_map]
-static SOCKETS: Array<SocketRecord, { SOCKET_RECORDS as usize }> = Array::new();
+static RECORDS: Array<SocketRecord, 1> = Array::new();
 
-/// The order clock: one tick per socket birth; a claim's order is the next tick.
-#[btf_map]
-static ORDER: Array<u64, 1> = Array::new();
+/// Buckets in `CLAIMS` less one; set by user space at load time (read-only then).
+#[unsafe(no_mangle)]
+static CLAIM_MASK: u32 = 0;
+/// Places in `RECORDS` less one; set by user space at load time (read-only then).
+#[unsafe(no_mangle)]
+static RECORD_MASK: u32 = 0;
+
+#[inline(always)]
+fn claim_mask() -> u32 {
+    // SAFETY: a read-only global; volatile so the compiler keeps the load-time value.
+    unsafe { ptr::read_volatile(&CLAIM_MASK) }
+}
+
+#[inline(always)]
+fn record_mask() -> u32 {
+    // SAFETY: as above.
+    unsafe { ptr::read_volatile(&RECORD_MASK) }
+}
 
 /// Whether the caller may go ahead.
 pub enum Claimed {
-    /// The tuple is the caller's now.
-    Ours,
-    /// The tuple is the caller's, taken over from a claim no connected socket backs.
-    TakenOver,
+    /// The tuple is the caller's now; `recorded` unless its close cannot release the claim.
+    Ours { recorded: bool },
+    /// The tuple is the caller's, taken over from a claim no connected socket backs;
+    /// `blind` when that claim was a device-bound socket's whose holder cannot be ruled out.
+    TakenOver { blind: bool },
     /// Another socket claimed the tuple first and may be connecting to it right now.
     Lost,
     /// A claim was there and the kernel's lookup found its ESTABLISHED holder.
     Held,
-    /// No claim could be recorded (the bucket is full of fresh claims): nobody else claims
-    /// the tuple, but the claims will not know this socket holds it.
+    /// A device-bound socket's claim stands for its holder (the lookup cannot see it).
+    HeldByDevice,
+    /// A claim of another device's socket: no conflict, and no claim of the caller's.
+    Coexist,
+    /// No claim could be recorded: nobody else claims the tuple, but the claims will not know
+    /// this socket holds it.
     Unrecorded,
 }
 
-/// A slot's `order` while it is being written (claimed, taken over or released): readers
-/// treat it as a claim in progress.
-const WRITING: u64 = 0;
-
-/// What a bucket says of a tag: one of the kinds below, the way, and a copy of its slot. A
-/// plain struct, every field set: an enum's unset payload can reach the verifier as an
-/// uninitialized register.
-struct Found {
-    kind: u32,
-    way: usize,
-    slot: Snapshot,
+/// A bucket of the table and its index.
+#[derive(Clone, Copy)]
+struct Bucket {
+    ptr: *mut ClaimBucket,
+    index: u32,
 }
 
-/// A claim: a copy of one way's (its tag and its slot), or the caller's, about to be written.
+impl Bucket {
+    #[inline(always)]
+    fn at(index: u32) -> Option<Bucket> {
+        Some(Bucket {
+            ptr: CLAIMS.get_ptr_mut(index)?,
+            index,
+        })
+    }
+
+    /// A way's tag (`way` masked in bounds, as the verifier wants to see; no Rust bounds
+    /// check, whose panic would be a loop the verifier refuses).
+    #[inline(always)]
+    fn tag(self, way: usize) -> *mut u64 {
+        // SAFETY: `ptr` points into the table; the offset stays inside the bucket.
+        unsafe { (&raw mut (*self.ptr).tags).cast::<u64>().add(way & 7) }
+    }
+
+    /// A way's slot (as above).
+    #[inline(always)]
+    fn slot(self, way: usize) -> *mut ClaimSlot {
+        // SAFETY: as above (way 7 would be the bucket's padding, never used).
+        unsafe {
+            (&raw mut (*self.ptr).slots)
+                .cast::<ClaimSlot>()
+                .add(way & 7)
+        }
+    }
+
+    #[inline(always)]
+    fn spilled(self) -> *mut u64 {
+        // SAFETY: `ptr` points into the table.
+        unsafe { &raw mut (*self.ptr).spilled }
+    }
+}
+
+/// What a bucket says of a tag: one of the kinds below, where, and a copy of its way. A plain
+/// struct, every field set: an enum's unset payload can reach the verifier as an uninitialized
+/// register.
+#[derive(Clone, Copy)]
+struct Found {
+    kind: u32,
+    bucket: Bucket,
+    way: usize,
+    copy: Snapshot,
+}
+
+/// A consistent copy of one way (its tag and its slot).
 #[derive(Clone, Copy, Default)]
 struct Snapshot {
     tag: u64,
-    order: u64,
-    since_jiffies: u64,
-    owner: u64,
-    netns_cookie: u64,
+    slot: ClaimSlot,
 }
 
 /// A claim of the tag (its slot a consistent copy, `order == WRITING` while being written).
@@ -96,302 +153,403 @@ const CLAIM: u32 = 1;
 const FREE: u32 = 2;
 /// No claim and no free way; the way holds a stale claim of another tuple.
 const STALE: u32 = 3;
-/// No claim and no room.
-const FULL: u32 = 4;
+/// Nothing found.
+const NONE: u32 = 4;
 
-/// Claims `key` for the connecting socket. `held` (the kernel's lookup) is asked only when a
-/// claim is there already. On success the socket's previous claim (if it held another tuple)
-/// is released, since it is moving away from it.
-///
-/// Lock-free: a slot is won with one compare-and-swap (its tag when free, its order when
-/// taken over), and written with `order` last, so a reader sees a whole claim or one in
-/// progress. Nothing ever waits for another CPU.
+impl Found {
+    #[inline(always)]
+    fn none(bucket: Bucket) -> Found {
+        Found {
+            kind: NONE,
+            bucket,
+            way: 0,
+            copy: Snapshot::default(),
+        }
+    }
+}
+
+/// Claims `key` for the connecting socket, bound to `device` (see `ClaimSlot::device`).
+/// `held` (the kernel's lookup) is asked only when a claim is there already. On success the
+/// socket's previous claim (if it held another tuple) is released: it is moving away from it.
 #[inline(always)]
-pub fn claim(ctx: &SockAddrContext, key: &ClaimKey, held: impl Fn() -> bool) -> Claimed {
-    // SAFETY: a plain helper call on the program's own context.
-    let me = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+pub fn claim(
+    ctx: &SockAddrContext,
+    key: &ClaimKey,
+    device: u32,
+    held: impl FnOnce() -> bool,
+) -> Claimed {
+    // SAFETY: plain helper calls on the program's own context.
+    let (me, now) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            bpf_ktime_get_ns(),
+        )
+    };
     let tag = key.tag();
-    let place = claim_bucket(tag);
-    let Some(bucket) = CLAIMS.get_ptr_mut(place) else {
+    let mask = claim_mask();
+    let (Some(primary), Some(spill)) = (
+        Bucket::at(primary_bucket(tag, mask)),
+        Bucket::at(spill_bucket(tag, mask)),
+    ) else {
         return Claimed::Unrecorded;
     };
-    let record = record_of(me);
-    let mine = Snapshot {
-        tag,
-        order: WRITING, // its place on the order clock is taken when it is written
-        // SAFETY: `jiffies`, inlined by the verifier.
-        since_jiffies: unsafe { bpf_jiffies64() },
+    // A socket created before the attach gets its record now (born 0: older than any claim),
+    // so its close releases what it claims.
+    let mut record = record_of(me);
+    if record.is_null() {
+        record = make_record(me, 0, now);
+    }
+    let recorded = !record.is_null();
+    let mine = ClaimSlot {
+        order: WRITING, // its identity (the claim time) is written last
         owner: me,
         netns_cookie: key.netns_cookie,
+        device,
+        flags: if recorded { claim_flags::RECORDED } else { 0 },
     };
-    // Twice: a free way another CPU wins first is looked at again.
-    for _ in 0..2 {
-        // SAFETY: as above.
-        let found = unsafe { find(bucket, tag, mine.since_jiffies) };
-        let (way, seen) = (found.way, found.slot);
-        let order = match found.kind {
-            CLAIM if seen.order != WRITING && seen.owner == me => {
-                return Claimed::Ours; // our own claim: a re-connect to the same tuple
+
+    let found = find(primary, spill, tag);
+    if found.kind == CLAIM {
+        let seen = found.copy.slot;
+        if seen.order != WRITING && seen.owner == me {
+            return Claimed::Ours { recorded }; // its own claim: a re-connect to the same tuple
+        }
+        let claimant = Claimant {
+            // SAFETY: null or this socket's own record.
+            born: unsafe { born(record) },
+            device,
+            now,
+        };
+        return match contest(&seen, &claimant, FRESH_NS, held) {
+            Contest::Held => Claimed::Held,
+            Contest::HeldByDevice => Claimed::HeldByDevice,
+            Contest::Lost => Claimed::Lost,
+            Contest::Coexist => {
+                fastpath::note_unindexed(key.netns_cookie);
+                Claimed::Coexist
             }
-            CLAIM => return contest(bucket, way, &seen, &mine, record, place, &held),
-            // SAFETY: as above.
-            FREE => match unsafe { take_free(bucket, way, &mine) } {
-                Some(order) => order,
-                None => continue,
-            },
-            // SAFETY: as above.
-            STALE => match unsafe { take_over(bucket, way, &seen, &mine) } {
-                Some(order) => {
+            Contest::TakeOver { blind } => {
+                match take_over(found.bucket, found.way, &found.copy, tag, &mine, now) {
+                    Some(order) => {
+                        remember(record, found.bucket, found.way, order, &mine);
+                        Claimed::TakenOver { blind }
+                    }
+                    None => Claimed::Lost, // another newcomer took it first
+                }
+            }
+        };
+    }
+
+    // No claim of the tuple: win room for one. Twice: a way another CPU wins first is looked
+    // at again.
+    for _ in 0..2 {
+        let room = room(primary, spill, now);
+        let order = match room.kind {
+            FREE => take_free(room.bucket, room.way, tag, &mine, primary, now),
+            STALE => {
+                let won = take_over(room.bucket, room.way, &room.copy, tag, &mine, now);
+                if won.is_some() {
                     // A claim that may be a held tuple's is gone: its namespace's index is
                     // incomplete.
-                    fastpath::note_unindexed(seen.netns_cookie);
-                    order
+                    fastpath::note_unindexed(room.copy.slot.netns_cookie);
                 }
-                None => continue,
-            },
-            _ => return Claimed::Unrecorded,
-        };
-        // SAFETY: as above; `way` is ours.
-        unsafe {
-            // A racer that saw another way free may hold the tag elsewhere: of two such, at
-            // least one sees the other (each looks after its swap) and backs off.
-            if claimed_elsewhere(bucket, way, tag) {
-                free(bucket, way);
-                return Claimed::Lost;
+                won
             }
-            remember(record, place, way, order, me);
+            _ => break,
+        };
+        let Some(order) = order else { continue };
+        // A racer that saw another way free may hold the tag elsewhere: of two such, at least
+        // one sees the other (each looks after its swap) and backs off.
+        if claimed_elsewhere(primary, spill, room.bucket, room.way, tag) {
+            free(room.bucket, room.way);
+            return Claimed::Lost;
         }
-        return Claimed::Ours;
+        remember(record, room.bucket, room.way, order, &mine);
+        return Claimed::Ours { recorded };
     }
+    fastpath::note_unindexed(key.netns_cookie);
     Claimed::Unrecorded
 }
 
-/// Decides on another socket's claim `seen`, per the rules at the top of this file.
+/// The claim of `tag` in its primary bucket, or in its spill bucket when the primary has
+/// spilled. The common case reads the primary's first cache line alone.
 #[inline(always)]
-fn contest(
-    bucket: *mut ClaimBucket,
-    way: usize,
-    seen: &Snapshot,
-    mine: &Snapshot,
-    record: *mut SocketRecord,
-    place: u32,
-    held: &impl Fn() -> bool,
-) -> Claimed {
-    if held() {
-        return Claimed::Held;
+fn find(primary: Bucket, spill: Bucket, tag: u64) -> Found {
+    let found = find_in(primary, tag);
+    // SAFETY: a pointer into the table.
+    if found.kind == CLAIM || unsafe { ptr::read_volatile(primary.spilled()) } == 0 {
+        return found;
     }
-    // Being written: a racer is claiming the tuple this instant.
-    if seen.order == WRITING {
-        return Claimed::Lost;
-    }
-    let is_fresh = fresh_at(mine.since_jiffies, seen.since_jiffies, fresh_jiffies());
-    // SAFETY: `record` is null or this socket's own record.
-    if is_fresh && unsafe { born(record) } < seen.order {
-        return Claimed::Lost; // born before the claim: it may be racing its claimant
-    }
-    // Stale, or we are newer: take it over, unless another newcomer does first.
-    // SAFETY: `bucket` points into the table.
-    match unsafe { take_over(bucket, way, seen, mine) } {
-        Some(order) => {
-            // SAFETY: this socket's own record.
-            unsafe { remember(record, place, way, order, mine.owner) };
-            Claimed::TakenOver
-        }
-        None => Claimed::Lost,
-    }
+    find_in(spill, tag)
 }
 
-/// The claim of `tag` in the bucket, else room for one. The common cases (a claim, or a free
-/// way) read the tag line alone.
 #[inline(always)]
-unsafe fn find(bucket: *mut ClaimBucket, tag: u64, now: u64) -> Found {
-    let mut room = Found {
-        kind: FULL,
-        way: 0,
-        slot: Snapshot::default(),
-    };
+fn find_in(bucket: Bucket, tag: u64) -> Found {
     for way in 0..CLAIM_WAYS {
-        // SAFETY: the caller passes a pointer into the table.
-        let seen = unsafe { ptr::read_volatile(tag_at(bucket, way)) };
-        if seen == tag {
+        // SAFETY: a pointer into the table.
+        if unsafe { ptr::read_volatile(bucket.tag(way)) } == tag {
             return Found {
                 kind: CLAIM,
+                bucket,
                 way,
-                // SAFETY: as above.
-                slot: unsafe { snapshot(bucket, way) },
+                copy: snapshot(bucket, way),
             };
         }
-        if seen == 0 && room.kind == FULL {
-            room.kind = FREE;
-            room.way = way;
+    }
+    Found::none(bucket)
+}
+
+/// Room for a new claim: a free way of the primary, else of the spill bucket, else a stale
+/// claim of another tuple (primary first), else none.
+#[inline(always)]
+fn room(primary: Bucket, spill: Bucket, now: u64) -> Found {
+    let free = free_way(primary);
+    if free.kind == FREE {
+        return free;
+    }
+    let free = free_way(spill);
+    if free.kind == FREE {
+        return free;
+    }
+    let stale = stale_way(primary, now);
+    if stale.kind == STALE {
+        return stale;
+    }
+    stale_way(spill, now)
+}
+
+#[inline(always)]
+fn free_way(bucket: Bucket) -> Found {
+    for way in 0..CLAIM_WAYS {
+        // SAFETY: a pointer into the table.
+        if unsafe { ptr::read_volatile(bucket.tag(way)) } == 0 {
+            return Found {
+                kind: FREE,
+                ..Found::none(bucket)
+            }
+            .at(way);
         }
     }
-    if room.kind == FREE {
-        return room;
-    }
-    // No claim and no free way: a stale claim of another tuple may make room.
-    let fresh = fresh_jiffies();
+    Found::none(bucket)
+}
+
+#[inline(always)]
+fn stale_way(bucket: Bucket, now: u64) -> Found {
     for way in 0..CLAIM_WAYS {
-        // SAFETY: as above.
-        let slot = unsafe { snapshot(bucket, way) };
-        if slot.order != WRITING && !fresh_at(now, slot.since_jiffies, fresh) {
+        let copy = snapshot(bucket, way);
+        if copy.tag != 0 && copy.slot.order != WRITING && !fresh_at(now, copy.slot.order, FRESH_NS)
+        {
             return Found {
                 kind: STALE,
+                bucket,
                 way,
-                slot,
+                copy,
             };
         }
     }
-    room
+    Found::none(bucket)
 }
 
-/// A way's tag (`way` masked in bounds, as the verifier wants to see).
-#[inline(always)]
-unsafe fn tag_at(bucket: *mut ClaimBucket, way: usize) -> *mut u64 {
-    // SAFETY: the caller passes a pointer into the table.
-    unsafe { &raw mut (*bucket).tags[way & (CLAIM_WAYS - 1)] }
+impl Found {
+    #[inline(always)]
+    fn at(self, way: usize) -> Found {
+        Found { way, ..self }
+    }
 }
 
-/// A way's slot (`way` masked in bounds, as the verifier wants to see).
-#[inline(always)]
-unsafe fn slot_at(bucket: *mut ClaimBucket, way: usize) -> *mut ClaimSlot {
-    // SAFETY: the caller passes a pointer into the table.
-    unsafe { &raw mut (*bucket).slots[way & (CLAIM_WAYS - 1)] }
-}
-
-/// A consistent copy of a slot: `order` is read before and after the rest, and a slot that
+/// A consistent copy of a way: `order` is read before and after the rest, and a way that
 /// changed meanwhile reads as being written.
 #[inline(always)]
-unsafe fn snapshot(bucket: *mut ClaimBucket, way: usize) -> Snapshot {
-    // SAFETY: the caller passes a pointer into the table.
+fn snapshot(bucket: Bucket, way: usize) -> Snapshot {
+    let (slot, tag) = (bucket.slot(way), bucket.tag(way));
+    // SAFETY: pointers into the table.
     unsafe {
-        let (slot, tag) = (slot_at(bucket, way), tag_at(bucket, way));
         let order = ptr::read_volatile(&(*slot).order);
         let mut copy = Snapshot {
             tag: ptr::read_volatile(tag),
-            order,
-            since_jiffies: ptr::read_volatile(&(*slot).since_jiffies),
-            owner: ptr::read_volatile(&(*slot).owner),
-            netns_cookie: ptr::read_volatile(&(*slot).netns_cookie),
+            slot: ClaimSlot {
+                order,
+                owner: ptr::read_volatile(&(*slot).owner),
+                netns_cookie: ptr::read_volatile(&(*slot).netns_cookie),
+                device: ptr::read_volatile(&(*slot).device),
+                flags: ptr::read_volatile(&(*slot).flags),
+            },
         };
         if ptr::read_volatile(&(*slot).order) != order || ptr::read_volatile(tag) != copy.tag {
-            copy.order = WRITING;
+            copy.slot.order = WRITING;
         }
         copy
     }
 }
 
 /// Wins a free way for the caller's claim and writes it; its order, or None if another CPU
-/// won the way.
+/// won the way. A claim that spills is counted in its primary first, so a reader that finds
+/// the tag nowhere in the primary knows to look in the spill bucket.
 #[inline(always)]
-unsafe fn take_free(bucket: *mut ClaimBucket, way: usize, mine: &Snapshot) -> Option<u64> {
-    // SAFETY: the caller passes a pointer into the table.
+fn take_free(
+    bucket: Bucket,
+    way: usize,
+    tag: u64,
+    mine: &ClaimSlot,
+    primary: Bucket,
+    now: u64,
+) -> Option<u64> {
+    let spills = bucket.index != primary.index;
+    // SAFETY: pointers into the table.
     unsafe {
+        if spills {
+            atomic_xadd::<u64, u64, { SeqCst }>(primary.spilled(), 1);
+        }
         // A free way's order is WRITING already: readers see a claim in progress at once.
-        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(tag_at(bucket, way), 0, mine.tag).1 {
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(bucket.tag(way), 0, tag).1 {
+            if spills {
+                atomic_xadd::<u64, u64, { SeqCst }>(primary.spilled(), u64::MAX);
+            }
             return None;
         }
-        Some(publish(slot_at(bucket, way), mine))
     }
+    Some(publish(bucket.slot(way), mine, now))
 }
 
 /// Wins a claimed way by swapping its order for WRITING, if it still holds the claim `seen`,
-/// and writes the caller's claim there.
+/// and writes the caller's claim of `tag` there: taking over a claim of the same tuple, or
+/// evicting another tuple's.
 #[inline(always)]
-unsafe fn take_over(
-    bucket: *mut ClaimBucket,
+fn take_over(
+    bucket: Bucket,
     way: usize,
     seen: &Snapshot,
-    mine: &Snapshot,
+    tag: u64,
+    mine: &ClaimSlot,
+    now: u64,
 ) -> Option<u64> {
-    // SAFETY: the caller passes a pointer into the table.
+    let slot = bucket.slot(way);
+    // SAFETY: pointers into the table; the swap of its order makes the way ours.
     unsafe {
-        let slot = slot_at(bucket, way);
         let order = &raw mut (*slot).order;
-        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order, seen.order, WRITING).1 {
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order, seen.slot.order, WRITING).1 {
             return None;
         }
-        // Orders repeat when no socket was born between two claims: make sure it is the same
+        // Two claims can share an order (made in one nanosecond): make sure it is the same
         // claim, else put it back.
-        if ptr::read_volatile(tag_at(bucket, way)) != seen.tag
-            || ptr::read_volatile(&(*slot).owner) != seen.owner
+        if ptr::read_volatile(bucket.tag(way)) != seen.tag
+            || ptr::read_volatile(&(*slot).owner) != seen.slot.owner
         {
-            atomic_xchg::<u64, { SeqCst }>(order, seen.order);
+            atomic_xchg::<u64, { SeqCst }>(order, seen.slot.order);
             return None;
         }
-        ptr::write_volatile(tag_at(bucket, way), mine.tag);
-        Some(publish(slot, mine))
+        if seen.tag != tag {
+            // An eviction: either claim may be a spilled one, counted in its own primary.
+            spill_count(bucket, tag, 1);
+            ptr::write_volatile(bucket.tag(way), tag);
+            spill_count(bucket, seen.tag, u64::MAX);
+        }
+    }
+    Some(publish(slot, mine, now))
+}
+
+/// Adds `delta` (1, or -1 as `u64::MAX`) to the spill count of `tag`'s primary when `tag`'s
+/// claim is in `bucket` but that is not its primary.
+#[inline(always)]
+fn spill_count(bucket: Bucket, tag: u64, delta: u64) {
+    let index = primary_bucket(tag, claim_mask());
+    if index == bucket.index {
+        return;
+    }
+    if let Some(primary) = Bucket::at(index) {
+        // SAFETY: a pointer into the table.
+        unsafe { atomic_xadd::<u64, u64, { SeqCst }>(primary.spilled(), delta) };
     }
 }
 
-/// Writes a won slot's claim, `order` last (a full barrier): the claim is whole from then on.
+/// Writes a won way's claim, `order` last (a full barrier): the claim is whole from then on.
 #[inline(always)]
-unsafe fn publish(slot: *mut ClaimSlot, mine: &Snapshot) -> u64 {
-    let order = next_order();
-    // SAFETY: the caller won the slot.
+fn publish(slot: *mut ClaimSlot, mine: &ClaimSlot, now: u64) -> u64 {
+    // Never WRITING, never the seeded order.
+    let order = if now > 1 { now } else { 2 };
+    // SAFETY: the caller won the way.
     unsafe {
-        ptr::write_volatile(&raw mut (*slot).since_jiffies, mine.since_jiffies);
         ptr::write_volatile(&raw mut (*slot).owner, mine.owner);
         ptr::write_volatile(&raw mut (*slot).netns_cookie, mine.netns_cookie);
+        ptr::write_volatile(&raw mut (*slot).device, mine.device);
+        ptr::write_volatile(&raw mut (*slot).flags, mine.flags);
         atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, order);
     }
     order
 }
 
-/// True when another way of the bucket holds `tag`.
+/// True when a way other than the caller's (`bucket`, `way`) holds `tag`, in the tag's
+/// primary or, if that has spilled, its spill bucket.
 #[inline(always)]
-unsafe fn claimed_elsewhere(bucket: *mut ClaimBucket, mine: usize, tag: u64) -> bool {
+fn claimed_elsewhere(primary: Bucket, spill: Bucket, bucket: Bucket, way: usize, tag: u64) -> bool {
+    let mut found = held_elsewhere_in(primary, bucket.index, way, tag);
+    // SAFETY: a pointer into the table.
+    if unsafe { ptr::read_volatile(primary.spilled()) } != 0 {
+        found |= held_elsewhere_in(spill, bucket.index, way, tag);
+    }
+    found
+}
+
+#[inline(always)]
+fn held_elsewhere_in(bucket: Bucket, mine: u32, mine_way: usize, tag: u64) -> bool {
     let mut found = false;
     for way in 0..CLAIM_WAYS {
-        // SAFETY: the caller passes a pointer into the table.
-        found |= way != mine && unsafe { ptr::read_volatile(&(*bucket).tags[way]) } == tag;
+        let other = bucket.index != mine || way != mine_way;
+        // SAFETY: a pointer into the table.
+        found |= other && unsafe { ptr::read_volatile(bucket.tag(way)) } == tag;
     }
     found
 }
 
 /// Frees a way the caller holds: order to WRITING first, so nobody reads a half-free claim.
 #[inline(always)]
-unsafe fn free(bucket: *mut ClaimBucket, way: usize) {
-    // SAFETY: the caller passes a pointer into the table and holds the way.
+fn free(bucket: Bucket, way: usize) {
+    let slot = bucket.slot(way);
+    // SAFETY: a pointer into the table; the caller holds the way.
     unsafe {
-        let slot = slot_at(bucket, way);
         atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, WRITING);
         ptr::write_volatile(&raw mut (*slot).owner, 0);
-        ptr::write_volatile(&raw mut (*slot).since_jiffies, 0);
         ptr::write_volatile(&raw mut (*slot).netns_cookie, 0);
-        atomic_xchg::<u64, { SeqCst }>(tag_at(bucket, way), 0);
+        ptr::write_volatile(&raw mut (*slot).device, 0);
+        ptr::write_volatile(&raw mut (*slot).flags, 0);
+        let tag = atomic_xchg::<u64, { SeqCst }>(bucket.tag(way), 0);
+        spill_count(bucket, tag, u64::MAX);
     }
 }
 
 /// Notes in the socket's record where its claim is, releasing the one it held before.
 #[inline(always)]
-unsafe fn remember(record: *mut SocketRecord, place: u32, way: usize, order: u64, me: u64) {
+fn remember(record: *mut SocketRecord, bucket: Bucket, way: usize, order: u64, mine: &ClaimSlot) {
     if record.is_null() {
         return;
     }
-    let claim = place as u64 * CLAIM_WAYS as u64 + way as u64 + 1;
+    let claim = claim_ref(bucket.index, way);
     // SAFETY: the socket's own record; its connects and close are serialized by the kernel.
     unsafe {
         let (previous, previous_order) = ((*record).claim, (*record).claim_order);
-        (*record).claim = claim;
         (*record).claim_order = order;
+        (*record).claim = claim;
+        (*record).flags = if mine.device != 0 {
+            record_flags::DEVICE_CLAIM
+        } else {
+            0
+        };
         if previous != 0 && previous != claim {
-            release(previous, previous_order, me);
+            release(previous, previous_order, mine.owner);
         }
     }
 }
 
 /// Frees a claim (`claim` as a record holds it), unless another socket has taken it over.
 #[inline(always)]
-fn release(claim: u64, order: u64, owner: u64) {
-    let place = ((claim - 1) / CLAIM_WAYS as u64) as u32;
-    let way = ((claim - 1) % CLAIM_WAYS as u64) as usize;
-    let Some(bucket) = CLAIMS.get_ptr_mut(place) else {
+fn release(claim: u32, order: u64, owner: u64) {
+    let (index, way) = way_of_ref(claim);
+    let Some(bucket) = Bucket::at(index) else {
         return;
     };
+    let slot = bucket.slot(way);
     // SAFETY: a pointer into the table; the swap of its order makes the way ours.
     unsafe {
-        let slot = slot_at(bucket, way);
         let order_word = &raw mut (*slot).order;
         if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order_word, order, WRITING).1 {
             return; // taken over: not ours to free
@@ -400,58 +558,32 @@ fn release(claim: u64, order: u64, owner: u64) {
             atomic_xchg::<u64, { SeqCst }>(order_word, order); // a later claim, same order
             return;
         }
-        free(bucket, way);
+    }
+    free(bucket, way);
+}
+
+/// True when the claim a record points at is still its socket's.
+#[inline(always)]
+fn claim_in_place(record: &SocketRecord) -> bool {
+    let (index, way) = way_of_ref(record.claim);
+    let Some(bucket) = Bucket::at(index) else {
+        return false;
+    };
+    let slot = bucket.slot(way);
+    // SAFETY: a pointer into the table.
+    unsafe {
+        ptr::read_volatile(&(*slot).order) == record.claim_order
+            && ptr::read_volatile(&(*slot).owner) == record.cookie
     }
 }
 
-/// A birth: one tick of the order clock; returns the clock after it. (An atomic add without
-/// fetch: the only kind the BPF CPU version these programs are built for has.)
-#[inline(always)]
-fn tick() -> u64 {
-    match ORDER.get_ptr_mut(0) {
-        // SAFETY: an aligned u64 in a map value.
-        Some(clock) => unsafe {
-            atomic_xadd::<u64, u64, { SeqCst }>(clock, 1);
-            ptr::read_volatile(clock)
-        },
-        None => 0,
-    }
-}
-
-/// A claim's order: the next tick, so a socket born before it is older and one born after it
-/// is not (never `WRITING`; a seeded claim's order is 1 too, told apart by its owner 0).
-#[inline(always)]
-fn next_order() -> u64 {
-    // SAFETY: an aligned u64 in a map value.
-    ORDER
-        .get_ptr(0)
-        .map_or(0, |clock| unsafe { ptr::read_volatile(clock) })
-        + 1
-}
-
-/// True when a claim made at `since` is fresh at `now`. Signed: `now` was read before the look
-/// at the slot, so a claim made since (on another CPU, in a later tick) is ahead of it, and
-/// fresh.
-#[inline(always)]
-fn fresh_at(now: u64, since: u64, fresh: u64) -> bool {
-    (now.wrapping_sub(since) as i64) <= fresh as i64
-}
-
-#[inline(always)]
-fn fresh_jiffies() -> u64 {
-    match CONFIG.get(0) {
-        Some(config) if config.fresh_jiffies != 0 => config.fresh_jiffies as u64,
-        // Not configured: 10 ms at the lowest common tick rate (100 Hz), plus one tick.
-        _ => 2,
-    }
-}
-
-/// The socket's record, or null when it has none.
+/// The record of the socket with this cookie, or null.
 #[inline(always)]
 fn record_of(cookie: u64) -> *mut SocketRecord {
-    for probe in 0..SOCKET_PROBES {
-        let index = (cookie as u32).wrapping_add(probe) & (SOCKET_RECORDS - 1);
-        if let Some(record) = SOCKETS.get_ptr_mut(index) {
+    let mask = record_mask();
+    for probe in 0..RECORD_PROBES {
+        let index = (cookie as u32).wrapping_add(probe) & mask;
+        if let Some(record) = RECORDS.get_ptr_mut(index) {
             // SAFETY: a pointer into the records array.
             if unsafe { ptr::read_volatile(&(*record).cookie) } == cookie {
                 return record;
@@ -461,7 +593,42 @@ fn record_of(cookie: u64) -> *mut SocketRecord {
     null_mut()
 }
 
-/// The socket's birth on the order clock; 0 (older than any claim) without a record.
+/// Gives the socket a record at the first place from its cookie that is free or reusable (see
+/// `records::reclaimable`), or null when none is.
+#[inline(always)]
+fn make_record(cookie: u64, born: u64, now: u64) -> *mut SocketRecord {
+    let mask = record_mask();
+    for probe in 0..RECORD_PROBES {
+        let index = (cookie as u32).wrapping_add(probe) & mask;
+        let Some(record) = RECORDS.get_ptr_mut(index) else {
+            continue;
+        };
+        // SAFETY: a pointer into the records array; the swap of its cookie makes it ours.
+        unsafe {
+            let copy = SocketRecord {
+                cookie: ptr::read_volatile(&(*record).cookie),
+                born: ptr::read_volatile(&(*record).born),
+                claim_order: ptr::read_volatile(&(*record).claim_order),
+                claim: ptr::read_volatile(&(*record).claim),
+                flags: ptr::read_volatile(&(*record).flags),
+            };
+            if !reclaimable(&copy, now, FRESH_NS, || claim_in_place(&copy)) {
+                continue;
+            }
+            let cookie_word = &raw mut (*record).cookie;
+            if atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(cookie_word, copy.cookie, cookie).1 {
+                (*record).born = born;
+                (*record).claim = 0;
+                (*record).claim_order = 0;
+                (*record).flags = 0;
+                return record;
+            }
+        }
+    }
+    null_mut()
+}
+
+/// The socket's birth; 0 (older than any claim) without a record.
 #[inline(always)]
 unsafe fn born(record: *mut SocketRecord) -> u64 {
     // SAFETY: the caller passes null or the socket's own record.
@@ -472,28 +639,13 @@ unsafe fn born(record: *mut SocketRecord) -> u64 {
     }
 }
 
-/// Records a new UDP socket and its birth (`ctx` is a cgroup/sock_create context).
+/// Records a new UDP socket and its birth (`ctx` is a cgroup/sock_create context). Without a
+/// free place it goes unrecorded, and counts as old.
 #[inline(always)]
 pub unsafe fn stamp_birth(ctx: *mut c_void) {
-    // SAFETY: a plain helper call on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx) };
-    let born = tick();
-    for probe in 0..SOCKET_PROBES {
-        let index = (cookie as u32).wrapping_add(probe) & (SOCKET_RECORDS - 1);
-        let Some(record) = SOCKETS.get_ptr_mut(index) else {
-            continue;
-        };
-        // SAFETY: a pointer into the records array; the swap makes the free place ours.
-        unsafe {
-            if atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*record).cookie, 0, cookie).1 {
-                (*record).born = born;
-                (*record).claim = 0;
-                (*record).claim_order = 0;
-                return;
-            }
-        }
-    }
-    // No free place: the socket goes unrecorded, and counts as old.
+    // SAFETY: plain helper calls on the program's own context.
+    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx), bpf_ktime_get_ns()) };
+    make_record(cookie, now, now);
 }
 
 /// Releases the claim of a closing socket and frees its record (`ctx` is a
@@ -512,6 +664,6 @@ pub unsafe fn release_socket(ctx: *mut c_void) {
         if claim != 0 {
             release(claim, (*record).claim_order, cookie);
         }
-        atomic_xchg::<u64, { SeqCst }>(&raw mut (*record).cookie, 0);
+        atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(&raw mut (*record).cookie, cookie, 0);
     }
 }

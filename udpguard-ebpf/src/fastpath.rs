@@ -1,15 +1,7 @@
-//! The O(1) no-conflict path. Without it every connect runs `bpf_sk_lookup_udp`, which walks
-//! every socket on the local address and port when no connected socket holds the tuple: the
-//! QUIC-server shape, thousands of connected sockets on one port, pays for each.
-//!
-//! The claims are an index of the tuples sockets in the cgroup hold. They are all the tuples
-//! held in a network namespace only when every process there is in the guarded cgroup, the
-//! sockets connected before the attach were added from a socket dump, and no socket since has
-//! connected in a way the claims cannot record (a wildcard socket the route mirror could not
-//! place, an auto-bound reuse socket, an audited duplicate, a claim that found no room or
-//! evicted another). The agent vouches for the first two per namespace, for a lease it keeps
-//! renewing; the programs note the third. The fast path is on while the lease holds and
-//! nothing unindexed happened after the seeding; when in doubt, off.
+//! The O(1) no-conflict path, the kernel's half (the reasoning is in
+//! `udpguard_common::namespaces`). Without it every connect runs `bpf_sk_lookup_udp`, which
+//! walks every socket on the local address and port when no connected socket holds the tuple:
+//! the QUIC-server shape, thousands of connected sockets on one port, pays for each.
 use core::ptr::read_volatile;
 
 use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_jiffies64, macros::btf_map};

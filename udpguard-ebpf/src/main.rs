@@ -2,22 +2,26 @@
 //! ESTABLISHED 4-tuple another socket already holds (only the newest would receive; the older
 //! one silently starves).
 //!
-//! Four entry points share one decision, [`decide`]:
-//! - `connect4` / `connect6` refuse with the configured errno through `bpf_set_retval`;
-//! - `connect4_plain` / `connect6_plain` refuse with EPERM only, for kernels without it.
+//! Six connect entry points share one decision, [`decide`], in three builds for three kinds of
+//! kernel (user space loads the first that the kernel accepts):
+//! - `udpguard_conn4`/`6`: claims (no race window) and the configured errno (`bpf_set_retval`,
+//!   Linux 5.18+);
+//! - `udpguard_conn4p`/`6p`: claims, EPERM only (64-bit BPF atomics, Linux 5.12+);
+//! - `udpguard_conn4b`/`6b`: the kernel's lookup alone, EPERM only (older kernels).
 //!
-//! `create` (cgroup/sock_create) and `release` (cgroup/sock_release) keep the per-socket
-//! records of the claims that close the race (see [`claims`]).
+//! With claims, `udpguard_create` (cgroup/sock_create) and `udpguard_close`
+//! (cgroup/sock_release) keep the socket records (see [`claims`]); `udpguard_watch4`/`6` run on
+//! an ancestor cgroup for the agent's fast path (see [`watch`]).
 #![no_std]
 #![no_main]
 // Compare-and-swap on a map value: the bpf target offers no `AtomicU64::compare_exchange`.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod baselines;
 mod claims;
 mod fastpath;
 mod routes;
+mod watch;
 
 use core::{mem::size_of, ptr};
 
@@ -28,7 +32,7 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as TupleV6,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt,
             bpf_ktime_get_boot_ns, bpf_set_retval, bpf_setsockopt, bpf_sk_lookup_udp,
@@ -40,7 +44,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use udpguard_common::{
-    AttachMeta, ClaimKey, Config, ConflictEvent, Counter, Counters, action, autobind, errno, mode,
+    AttachMeta, ClaimKey, Config, ConflictEvent, Counter, Counters, action, autobind,
+    claims::DEVICE_UNKNOWN, config::flags, errno, events::cause, mode,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -55,6 +60,9 @@ const SO_REUSEADDR: i32 = 2;
 const SO_REUSEPORT: i32 = 15;
 /// `::ffff:0:0/96`: the third word of a v4-mapped IPv6 address, as it lies in memory.
 const V4_MAPPED_WORD: u32 = 0x0000_ffff_u32.to_be();
+/// 127.0.0.1 and ::1, as they lie in memory.
+const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -65,31 +73,41 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 static META: Array<AttachMeta> = Array::with_max_entries(1, 0);
 /// Conflict events for user space. Its size is set at load time (`--events-buffer`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(udpguard_common::config::DEFAULT_EVENTS_BUFFER, 0);
 
 #[cgroup_sock_addr(connect4)]
-pub fn connect4(ctx: SockAddrContext) -> i32 {
-    on_connect::<true>(&ctx, Hook::Connect4)
+pub fn udpguard_conn4(ctx: SockAddrContext) -> i32 {
+    on_connect::<true, true>(&ctx, Hook::Connect4)
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn connect6(ctx: SockAddrContext) -> i32 {
-    on_connect::<true>(&ctx, Hook::Connect6)
+pub fn udpguard_conn6(ctx: SockAddrContext) -> i32 {
+    on_connect::<true, true>(&ctx, Hook::Connect6)
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn connect4_plain(ctx: SockAddrContext) -> i32 {
-    on_connect::<false>(&ctx, Hook::Connect4)
+pub fn udpguard_conn4p(ctx: SockAddrContext) -> i32 {
+    on_connect::<false, true>(&ctx, Hook::Connect4)
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn connect6_plain(ctx: SockAddrContext) -> i32 {
-    on_connect::<false>(&ctx, Hook::Connect6)
+pub fn udpguard_conn6p(ctx: SockAddrContext) -> i32 {
+    on_connect::<false, true>(&ctx, Hook::Connect6)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn udpguard_conn4b(ctx: SockAddrContext) -> i32 {
+    on_connect::<false, false>(&ctx, Hook::Connect4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn udpguard_conn6b(ctx: SockAddrContext) -> i32 {
+    on_connect::<false, false>(&ctx, Hook::Connect6)
 }
 
 /// A new UDP socket gets its birth recorded: a fresh claim refuses only older sockets.
 #[cgroup_sock(sock_create)]
-pub fn create(ctx: SockContext) -> i32 {
+pub fn udpguard_create(ctx: SockContext) -> i32 {
     // SAFETY: the context is the new socket; reading its type and protocol is allowed.
     unsafe {
         let sk = ctx.sock;
@@ -100,12 +118,29 @@ pub fn create(ctx: SockContext) -> i32 {
     ALLOW
 }
 
-/// A closing socket lets go of its claim (sock_release cannot read ports: where the claim is
-/// comes from the socket's record).
+/// A closing UDP socket lets go of its claim and its record (sock_release cannot read ports:
+/// where the claim is comes from the socket's record).
 #[cgroup_sock(sock_release)]
-pub fn release(ctx: SockContext) -> i32 {
+pub fn udpguard_close(ctx: SockContext) -> i32 {
     // SAFETY: the context is the closing socket.
-    unsafe { claims::release_socket(ctx.sock.cast()) };
+    unsafe {
+        let sk = ctx.sock;
+        if load(&(*sk).type_) == SOCK_DGRAM && load(&(*sk).protocol) == IPPROTO_UDP {
+            claims::release_socket(sk.cast());
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn udpguard_watch4(ctx: SockAddrContext) -> i32 {
+    watch::on_connect(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn udpguard_watch6(ctx: SockAddrContext) -> i32 {
+    watch::on_connect(&ctx);
     ALLOW
 }
 
@@ -125,74 +160,75 @@ enum Verdict {
     NotChecked(Counter),
     /// The socket gets its port from this connect (auto-bind): see [`autobind`].
     Autobind,
-    /// Checked: no other socket holds the 4-tuple (`indexed: false`), or the fast path is on
-    /// and the claims will tell (`indexed: true`).
+    /// No socket the kernel's lookup sees holds the 4-tuple (`indexed: false`), or the claims
+    /// index the namespace and will tell (`indexed: true`). `device`: see `ClaimSlot::device`.
     Unique {
         tuple: Tuple,
         netns: u64,
+        device: u32,
         indexed: bool,
     },
-    /// Checked: the caller itself holds the 4-tuple already.
+    /// The caller itself holds the 4-tuple already.
     AlreadyHeld,
-    /// Checked: another ESTABLISHED socket holds the 4-tuple.
+    /// Another ESTABLISHED socket holds the 4-tuple.
     Conflict(Tuple),
 }
 
-/// A connected UDP 4-tuple, addresses and ports in network order.
-enum Tuple {
-    V4 {
-        local: u32,
-        peer: u32,
-        local_port: u16,
-        peer_port: u16,
-    },
-    V6 {
-        local: [u32; 4],
-        peer: [u32; 4],
-        local_port: u16,
-        peer_port: u16,
-    },
+/// A connected UDP 4-tuple, addresses and ports in network order; an IPv4 address is in word
+/// 0, the rest zero. A plain struct, every field set: an enum's unset payload can reach the
+/// verifier as an uninitialized register.
+#[derive(Clone, Copy)]
+struct Tuple {
+    v6: bool,
+    local: [u32; 4],
+    peer: [u32; 4],
+    local_port: u16,
+    peer_port: u16,
 }
 
 impl Tuple {
-    /// The tuple as the claim map and events hold it, in the network namespace `netns_cookie`.
     #[inline(always)]
-    fn key(&self, netns_cookie: u64) -> ClaimKey {
-        let (family, local_addr, peer_addr, local_port, peer_port) = match *self {
-            Tuple::V4 {
-                local,
-                peer,
-                local_port,
-                peer_port,
-            } => (4, [local, 0, 0, 0], [peer, 0, 0, 0], local_port, peer_port),
-            Tuple::V6 {
-                local,
-                peer,
-                local_port,
-                peer_port,
-            } => (6, local, peer, local_port, peer_port),
-        };
-        ClaimKey {
-            netns_cookie,
-            local_addr,
-            peer_addr,
+    fn v4(local: u32, peer: u32, local_port: u16, peer_port: u16) -> Tuple {
+        Tuple {
+            v6: false,
+            local: [local, 0, 0, 0],
+            peer: [peer, 0, 0, 0],
             local_port,
             peer_port,
-            family,
+        }
+    }
+
+    /// The tuple as the claim table and events hold it, in the network namespace `netns_cookie`.
+    #[inline(always)]
+    fn key(&self, netns_cookie: u64) -> ClaimKey {
+        ClaimKey {
+            netns_cookie,
+            local_addr: self.local,
+            peer_addr: self.peer,
+            local_port: self.local_port,
+            peer_port: self.peer_port,
+            family: if self.v6 { 6 } else { 4 },
         }
     }
 }
 
 #[inline(always)]
-fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 {
+fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
+    ctx: &SockAddrContext,
+    hook: Hook,
+) -> i32 {
     // SAFETY: the kernel hands a valid bpf_sock_addr whose `sk` is a full socket.
-    let verdict = unsafe { decide(ctx.sock_addr, hook) };
+    let verdict = unsafe { decide::<CLAIMS>(ctx.sock_addr, hook) };
+    if !matches!(verdict, Verdict::NotUdp) && watched() {
+        watch::mark(ctx);
+    }
     match verdict {
         Verdict::NotUdp => ALLOW,
         Verdict::NotChecked(reason) => {
             count(reason);
-            // A wildcard socket the mirror could not place will hold a tuple the claims lack.
-            if reason != Counter::FamilyMismatch {
+            // A socket that holds a tuple the claims lack: the namespace's index is incomplete.
+            // (The kernel refuses a family mismatch; a multicast tuple never conflicts.)
+            if !matches!(reason, Counter::FamilyMismatch | Counter::Multicast) {
                 fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
             }
             ALLOW
@@ -207,38 +243,67 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
         }
         Verdict::Conflict(tuple) => {
             count(Counter::Checked);
-            act_on_conflict::<SET_RETVAL>(ctx, &tuple)
+            act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::HELD)
         }
         Verdict::Unique {
             tuple,
             netns,
+            device,
             indexed,
         } => {
-            count(Counter::Checked);
+            // The lookup cannot see device-bound holders: a device-bound connect is fully
+            // checked only where the claims index the namespace.
+            let sure = indexed || device == 0;
+            let checked = if sure {
+                Counter::Checked
+            } else {
+                Counter::DeviceBound
+            };
+            if !CLAIMS {
+                count(checked);
+                return ALLOW;
+            }
             // No socket holds the tuple, or, where the claims index every held tuple, none
             // claims it; a racer may be about to. The first claim wins.
             // SAFETY: as in `decide`.
             let held = || indexed && unsafe { held_by_another(ctx.sock_addr, &tuple) };
-            match claims::claim(ctx, &tuple.key(netns), held) {
-                claims::Claimed::Ours => {
+            match claims::claim(ctx, &tuple.key(netns), device, held) {
+                claims::Claimed::Ours { recorded } => {
+                    count(checked);
                     if indexed {
                         count(Counter::Indexed);
                     }
+                    if !recorded {
+                        count(Counter::Unrecorded);
+                    }
                     ALLOW
                 }
-                claims::Claimed::TakenOver => {
+                claims::Claimed::TakenOver { blind } => {
                     count(Counter::StaleClaims);
+                    count(if blind { Counter::DeviceBound } else { checked });
                     ALLOW
                 }
-                claims::Claimed::Held => act_on_conflict::<SET_RETVAL>(ctx, &tuple),
-                claims::Claimed::Lost => {
-                    count(Counter::Raced);
-                    act_on_conflict::<SET_RETVAL>(ctx, &tuple)
+                claims::Claimed::Coexist => {
+                    count(checked);
+                    ALLOW
                 }
                 claims::Claimed::Unrecorded => {
-                    // Nobody claims the tuple, but the claims will not know it is held.
-                    fastpath::note_unindexed(netns);
+                    count(checked);
+                    count(Counter::Unrecorded);
                     ALLOW
+                }
+                claims::Claimed::Held => {
+                    count(Counter::Checked);
+                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::HELD)
+                }
+                claims::Claimed::HeldByDevice => {
+                    count(Counter::Checked);
+                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::HELD_BY_DEVICE)
+                }
+                claims::Claimed::Lost => {
+                    count(Counter::Checked);
+                    count(Counter::Raced);
+                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::RACED)
                 }
             }
         }
@@ -247,7 +312,7 @@ fn on_connect<const SET_RETVAL: bool>(ctx: &SockAddrContext, hook: Hook) -> i32 
 
 /// The guard's decision for one `connect()`. Each rule says why in one line.
 #[inline(always)]
-unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
+unsafe fn decide<const CLAIMS: bool>(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
     // SAFETY (whole function): ctx and ctx->sk are valid for reads, as the verifier checks.
     unsafe {
         // Only UDP datagram sockets can share a connected 4-tuple; TCP, UDP-Lite, ICMP pass.
@@ -265,14 +330,16 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
         if already_connected_to(sk, &tuple) {
             return Verdict::AlreadyHeld;
         }
+        let netns = netns_cookie(ctx);
+        let device = device_after_connect(sk, &tuple);
         // Where the claims index every tuple held in the namespace, a tuple nobody claims has
         // no holder: the lookup (a walk of every socket on the port) is needed only when a
         // claim is there. Elsewhere the lookup comes first.
-        let netns = netns_cookie(ctx);
-        if fastpath::index_complete(netns) {
+        if CLAIMS && fastpath::index_complete(netns) {
             return Verdict::Unique {
                 tuple,
                 netns,
+                device,
                 indexed: true,
             };
         }
@@ -283,6 +350,7 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
             Verdict::Unique {
                 tuple,
                 netns,
+                device,
                 indexed: false,
             }
         }
@@ -290,7 +358,8 @@ unsafe fn decide(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
 }
 
 /// The kernel's own lookup, as for a datagram from the peer: true when another socket holds
-/// the tuple ESTABLISHED.
+/// the tuple ESTABLISHED. It cannot see sockets bound to a device (it looks up with no
+/// incoming device); their claims stand for them.
 #[inline(always)]
 unsafe fn held_by_another(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> bool {
     // SAFETY: as in `decide`.
@@ -308,7 +377,8 @@ unsafe fn held_by_another(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> bool {
     }
 }
 
-/// The 4-tuple the socket will hold after this connect, or why it cannot be known yet.
+/// The 4-tuple the socket will hold after this connect, as the kernel will store it, or why it
+/// cannot be known yet.
 #[inline(always)]
 unsafe fn tuple_after_connect(
     ctx: *mut bpf_sock_addr,
@@ -325,38 +395,49 @@ unsafe fn tuple_after_connect(
         // `user_port` holds the port in network order in its low 16 bits.
         let peer_port = load(&(*ctx).user_port) as u16;
         match hook {
-            Hook::Connect4 => {
-                let peer = load(&(*ctx).user_ip4);
-                Ok(Tuple::V4 {
-                    local: local_ip4(ctx, sk, peer)?,
-                    peer,
-                    local_port,
-                    peer_port,
-                })
-            }
+            Hook::Connect4 => tuple4(ctx, sk, load(&(*ctx).user_ip4), local_port, peer_port),
             Hook::Connect6 => {
-                let peer = load_ip6(&(*ctx).user_ip6);
-                if is_v4_mapped(&peer) {
-                    // A v4-mapped peer: the datagrams are IPv4, so the holder may be an AF_INET
-                    // socket as well as a mapped AF_INET6 one; an IPv4 lookup finds both.
-                    return Ok(Tuple::V4 {
-                        local: local_ip4(ctx, sk, peer[3])?,
-                        peer: peer[3],
-                        local_port,
-                        peer_port,
-                    });
+                let mut peer = load_ip6(&(*ctx).user_ip6);
+                let bound = load_ip6(&(*sk).src_ip6);
+                // `::` connects to the host itself: to ::1, or to 127.0.0.1 for a socket bound
+                // to a v4-mapped address (the kernel rewrites the sockaddr).
+                if peer == [0; 4] {
+                    peer = if is_v4_mapped(&bound) {
+                        [0, 0, V4_MAPPED_WORD, LOOPBACK4]
+                    } else {
+                        LOOPBACK6
+                    };
                 }
-                let mut local = load_ip6(&(*sk).src_ip6);
+                // A v4-mapped peer: the datagrams are IPv4, so the holder may be an AF_INET
+                // socket as well as a mapped AF_INET6 one; an IPv4 lookup finds both.
+                if is_v4_mapped(&peer) {
+                    return tuple4(ctx, sk, peer[3], local_port, peer_port);
+                }
+                // A group is not a peer that sends: nobody starves.
+                if is_multicast6(&peer) || is_multicast6(&bound) {
+                    return Err(Counter::Multicast);
+                }
+                // Bound to a v4-mapped address, connecting to an IPv6 peer: the kernel refuses.
+                if is_v4_mapped(&bound) {
+                    return Err(Counter::FamilyMismatch);
+                }
+                let mut local = bound;
                 // Bound to `::`: the kernel picks the source after this hook, from the routes.
                 if local == [0; 4] {
                     wildcard_predictable(sk)?;
-                    local = routes::source6(netns_cookie(ctx), &peer)?;
+                    // A link-local peer's source depends on its scope, which the hook cannot read.
+                    if is_link_local6(&peer) {
+                        return Err(Counter::WildcardUnmodeled);
+                    }
+                    // ::1 is answered from ::1 (the same address is always preferred).
+                    local = if peer == LOOPBACK6 {
+                        LOOPBACK6
+                    } else {
+                        routes::source6(netns_cookie(ctx), &peer)?
+                    };
                 }
-                // Bound to a v4-mapped address, connecting to an IPv6 peer: the kernel refuses.
-                if is_v4_mapped(&local) {
-                    return Err(Counter::FamilyMismatch);
-                }
-                Ok(Tuple::V6 {
+                Ok(Tuple {
+                    v6: true,
                     local,
                     peer,
                     local_port,
@@ -367,30 +448,81 @@ unsafe fn tuple_after_connect(
     }
 }
 
-/// The socket's local IPv4 address after a connect to an IPv4 `peer`.
+/// The IPv4 4-tuple after a connect to `peer` (from an AF_INET socket, or a v4-mapped one).
 #[inline(always)]
-unsafe fn local_ip4(ctx: *mut bpf_sock_addr, sk: *mut bpf_sock, peer: u32) -> Result<u32, Counter> {
+unsafe fn tuple4(
+    ctx: *mut bpf_sock_addr,
+    sk: *mut bpf_sock,
+    peer: u32,
+    local_port: u16,
+    peer_port: u16,
+) -> Result<Tuple, Counter> {
     // SAFETY: as in `decide`.
     unsafe {
-        let local = if load(&(*ctx).family) == AF_INET {
-            load(&(*sk).src_ip4)
-        } else {
-            // An AF_INET6 socket: `src_ip4` holds a placeholder unless the bound address is
-            // v4-mapped, so read the IPv6 address it was bound to.
-            let local6 = load_ip6(&(*sk).src_ip6);
-            if local6 != [0; 4] && !is_v4_mapped(&local6) {
-                // Bound to a native IPv6 address: the kernel refuses an IPv4 peer.
-                return Err(Counter::FamilyMismatch);
+        let bound = bound_ip4(ctx, sk)?;
+        let (local, peer) = if peer == 0 {
+            // 0.0.0.0 connects to the host itself: to the bound address, or, bound to
+            // 0.0.0.0, from 127.0.0.1 to 127.0.0.1.
+            if bound != 0 {
+                (bound, bound)
+            } else {
+                (LOOPBACK4, LOOPBACK4)
             }
-            local6[3]
+        } else {
+            // A group or the broadcast address is not a peer that sends: nobody starves.
+            if is_multicast4(peer) {
+                return Err(Counter::Multicast);
+            }
+            let local = if bound == 0 {
+                // Bound to 0.0.0.0 (or `::`): the kernel picks the source after this hook,
+                // from the routes, as the agent's mirror predicts.
+                wildcard_predictable(sk)?;
+                routes::source4(netns_cookie(ctx), peer)?
+            } else {
+                bound
+            };
+            (local, peer)
         };
-        // Bound to 0.0.0.0 (or `::`): the kernel picks the source after this hook, from the
-        // routes, as the agent's mirror predicts.
-        if local == 0 {
-            wildcard_predictable(sk)?;
-            return routes::source4(netns_cookie(ctx), peer);
+        // Bound to a group: datagrams to it reach every member.
+        if is_multicast4(local) {
+            return Err(Counter::Multicast);
         }
-        Ok(local)
+        Ok(Tuple::v4(local, peer, local_port, peer_port))
+    }
+}
+
+/// The IPv4 address the socket is bound to (0 for the wildcard), for a connect to an IPv4 peer.
+#[inline(always)]
+unsafe fn bound_ip4(ctx: *mut bpf_sock_addr, sk: *mut bpf_sock) -> Result<u32, Counter> {
+    // SAFETY: as in `decide`.
+    unsafe {
+        if load(&(*ctx).family) == AF_INET {
+            return Ok(load(&(*sk).src_ip4));
+        }
+        // An AF_INET6 socket: `src_ip4` holds a placeholder unless the bound address is
+        // v4-mapped, so read the IPv6 address it was bound to.
+        let local6 = load_ip6(&(*sk).src_ip6);
+        if local6 != [0; 4] && !is_v4_mapped(&local6) {
+            // Bound to a native IPv6 address: the kernel refuses an IPv4 peer.
+            return Err(Counter::FamilyMismatch);
+        }
+        Ok(local6[3])
+    }
+}
+
+/// The device the socket will be bound to after the connect: its own, or, for a link-local
+/// IPv6 peer, the peer's scope (which the kernel binds it to, and the hook cannot read).
+#[inline(always)]
+unsafe fn device_after_connect(sk: *mut bpf_sock, tuple: &Tuple) -> u32 {
+    // SAFETY: as in `decide`.
+    let bound = unsafe { load(&(*sk).bound_dev_if) };
+    if bound != 0 {
+        return bound;
+    }
+    if tuple.v6 && is_link_local6(&tuple.peer) {
+        DEVICE_UNKNOWN
+    } else {
+        0
     }
 }
 
@@ -410,6 +542,14 @@ unsafe fn wildcard_predictable(sk: *mut bpf_sock) -> Result<(), Counter> {
 fn netns_cookie(ctx: *mut bpf_sock_addr) -> u64 {
     // SAFETY: a plain helper call on the program's own context.
     unsafe { bpf_get_netns_cookie(ctx.cast()) }
+}
+
+/// True when a watch program sits on an ancestor cgroup and wants the guard's connects marked.
+#[inline(always)]
+fn watched() -> bool {
+    CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & flags::WATCHED != 0)
 }
 
 /// With `--autobind unique`, clears an auto-binding socket's SO_REUSEADDR and SO_REUSEPORT so
@@ -451,35 +591,22 @@ unsafe fn lookup(ctx: *mut bpf_sock_addr, tuple: &Tuple) -> *mut bpf_sock {
     // SAFETY: `raw` lives across the call and the size names the variant that was written.
     unsafe {
         let mut raw: bpf_sock_tuple = core::mem::zeroed();
-        let size = match *tuple {
-            Tuple::V4 {
-                local,
-                peer,
-                local_port,
-                peer_port,
-            } => {
-                raw.__bindgen_anon_1.ipv4 = TupleV4 {
-                    saddr: peer,
-                    daddr: local,
-                    sport: peer_port,
-                    dport: local_port,
-                };
-                size_of::<TupleV4>()
-            }
-            Tuple::V6 {
-                local,
-                peer,
-                local_port,
-                peer_port,
-            } => {
-                raw.__bindgen_anon_1.ipv6 = TupleV6 {
-                    saddr: peer,
-                    daddr: local,
-                    sport: peer_port,
-                    dport: local_port,
-                };
-                size_of::<TupleV6>()
-            }
+        let size = if tuple.v6 {
+            raw.__bindgen_anon_1.ipv6 = TupleV6 {
+                saddr: tuple.peer,
+                daddr: tuple.local,
+                sport: tuple.peer_port,
+                dport: tuple.local_port,
+            };
+            size_of::<TupleV6>()
+        } else {
+            raw.__bindgen_anon_1.ipv4 = TupleV4 {
+                saddr: tuple.peer[0],
+                daddr: tuple.local[0],
+                sport: tuple.peer_port,
+                dport: tuple.local_port,
+            };
+            size_of::<TupleV4>()
         };
         bpf_sk_lookup_udp(
             ctx.cast(),
@@ -500,26 +627,26 @@ unsafe fn already_connected_to(sk: *mut bpf_sock, tuple: &Tuple) -> bool {
         if load(&(*sk).state) != BPF_TCP_ESTABLISHED {
             return false;
         }
-        match *tuple {
-            Tuple::V4 {
-                peer, peer_port, ..
-            } => load(&(*sk).dst_port) == peer_port && load(&(*sk).dst_ip4) == peer,
-            Tuple::V6 {
-                peer, peer_port, ..
-            } => load(&(*sk).dst_port) == peer_port && load_ip6(&(*sk).dst_ip6) == peer,
+        if load(&(*sk).dst_port) != tuple.peer_port {
+            return false;
+        }
+        if tuple.v6 {
+            load_ip6(&(*sk).dst_ip6) == tuple.peer
+        } else {
+            load(&(*sk).dst_ip4) == tuple.peer[0]
         }
     }
 }
 
 /// Refuse (enforce) or count and let through (audit); either way, tell user space.
 #[inline(always)]
-fn act_on_conflict<const SET_RETVAL: bool>(ctx: &SockAddrContext, tuple: &Tuple) -> i32 {
+fn act_on_conflict<const SET_RETVAL: bool>(ctx: &SockAddrContext, tuple: &Tuple, why: u32) -> i32 {
     let config = CONFIG.get(0).copied().unwrap_or_default();
     if config.mode == mode::AUDIT {
         count(Counter::Audited);
         // The audited socket becomes a second holder, which the claims cannot index.
         fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
-        report(ctx, tuple, action::AUDITED, 0);
+        report(ctx, tuple, action::AUDITED, 0, why);
         return ALLOW;
     }
     count(Counter::Rejected);
@@ -533,24 +660,25 @@ fn act_on_conflict<const SET_RETVAL: bool>(ctx: &SockAddrContext, tuple: &Tuple)
         // SAFETY: a plain helper call; the programs that make it load only where it exists.
         unsafe { bpf_set_retval(-(errno as i32)) };
     }
-    report(ctx, tuple, action::REJECTED, errno);
+    report(ctx, tuple, action::REJECTED, errno, why);
     REFUSE
 }
 
 /// Sends a conflict event; when the ring buffer is full the event is dropped and counted,
 /// never waited for. Only conflicts get here: the common path pays nothing for events.
 #[inline(always)]
-fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32) {
+fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32, why: u32) {
     let Some(mut entry) = EVENTS.reserve::<ConflictEvent>(0) else {
         count(Counter::EventsLost);
         return;
     };
     let key = tuple.key(netns_cookie(ctx.sock_addr));
-    // SAFETY: plain helper calls on the program's own context.
+    // SAFETY: plain helper calls on the program's own context; `sk` is a full socket.
     let event = unsafe {
         ConflictEvent {
             boot_ns: bpf_ktime_get_boot_ns(),
             pid_tgid: bpf_get_current_pid_tgid(),
+            uid_gid: bpf_get_current_uid_gid(),
             cgroup_id: bpf_get_current_cgroup_id(),
             netns_cookie: key.netns_cookie,
             comm: bpf_get_current_comm().unwrap_or_default(),
@@ -562,6 +690,8 @@ fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32) {
             action,
             errno,
             sock_cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            cause: why,
+            device: load(&(*(*ctx.sock_addr).__bindgen_anon_1.sk).bound_dev_if),
         }
     };
     entry.write(event);
@@ -602,6 +732,24 @@ unsafe fn load_ip6(words: &[u32; 4]) -> [u32; 4] {
 #[inline(always)]
 fn is_v4_mapped(ip6: &[u32; 4]) -> bool {
     ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD
+}
+
+/// 224.0.0.0/4, or 255.255.255.255 (the first byte is the lowest in memory).
+#[inline(always)]
+fn is_multicast4(ip4: u32) -> bool {
+    ip4 & 0xf0 == 0xe0 || ip4 == u32::MAX
+}
+
+/// ff00::/8.
+#[inline(always)]
+fn is_multicast6(ip6: &[u32; 4]) -> bool {
+    ip6[0] & 0xff == 0xff
+}
+
+/// fe80::/10.
+#[inline(always)]
+fn is_link_local6(ip6: &[u32; 4]) -> bool {
+    ip6[0] & 0xc0ff == 0x80fe
 }
 
 #[cfg(not(test))]

@@ -45,7 +45,6 @@ use aya::programs::{
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
 use udpguard::{guard, loader::program, routes::RouteMirror, sandbox::Sandbox, settings::Mode};
-use udpguard_common::program_names;
 
 #[path = "connect_cost/stats.rs"]
 mod stats;
@@ -473,7 +472,11 @@ impl Guard<'_> {
             ..Default::default()
         })?;
         if setup == Setup::Fast {
-            self.mirror = Some(RouteMirror::start(&self.pin_dir()?, self.cgroup)?);
+            // At the cgroup root the guard sees every connect; the sandbox's namespace holds
+            // only the bench's own processes, all in the guarded cgroup, so it counts as seen.
+            let attachment = udpguard::attachment::Attachment::open(&self.pin_dir()?)?;
+            let coverage = std::sync::Arc::new(udpguard::watch::Coverage::assumed());
+            self.mirror = Some(RouteMirror::start(&attachment, coverage)?);
         }
         self.current = setup;
         Ok(())
@@ -553,8 +556,21 @@ struct ProgramIds {
     release: Option<u32>,
 }
 
-/// The programs udpguard is measured against (udpguard-ebpf's `baselines.rs`): loaded once
-/// from udpguard's own object, attached to the sandbox's cgroup while their setup runs.
+/// The baselines' own eBPF object (udpguard-ebpf's `baselines.rs`), built beside udpguard's
+/// but never part of it.
+static BASELINES: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udpguard-baselines"));
+
+/// Names of the programs in [`BASELINES`].
+mod program_names {
+    /// Empty programs on connect4, sock_create and sock_release: the floor.
+    pub const FLOOR: [&str; 3] = ["floor_connect4", "floor_create", "floor_release"];
+    /// The reference design's connect4 (lookup, EPERM).
+    pub const REFERENCE: &str = "reference_connect4";
+}
+
+/// The programs udpguard is measured against: loaded once from their own object, attached to
+/// the sandbox's cgroup while their setup runs.
 struct Baselines {
     ebpf: aya::Ebpf,
     floor: Option<(CgroupSockAddrLinkId, CgroupSockLinkId, CgroupSockLinkId)>,
@@ -563,8 +579,7 @@ struct Baselines {
 
 impl Baselines {
     fn load() -> anyhow::Result<Baselines> {
-        let mut ebpf = aya::Ebpf::load(udpguard::loader::OBJECT)
-            .context("loading udpguard's eBPF object for the baseline programs")?;
+        let mut ebpf = aya::Ebpf::load(BASELINES).context("loading the baselines' eBPF object")?;
         let [connect4, create, release] = program_names::FLOOR;
         for name in [connect4, program_names::REFERENCE] {
             program::<CgroupSockAddr>(&mut ebpf, name)?.load()?;

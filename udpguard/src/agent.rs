@@ -20,12 +20,15 @@ use tokio::{
 };
 
 use crate::{
-    attachment, bpffs,
+    attachment,
+    attachment::Attachment,
+    bpffs,
     cgroup::Cgroup,
     events,
     guard::{self, AttachOutcome, AttachRequest},
     metrics, privilege,
     routes::RouteMirror,
+    watch::Watch,
 };
 
 /// How long the metrics server gets to finish its requests at exit.
@@ -42,6 +45,11 @@ pub struct RunArgs {
     /// print events as JSON, one object per line
     #[arg(long)]
     pub json: bool,
+    /// for the fast path below the cgroup root: a cgroup that holds every process able to
+    /// enter the guarded network namespaces (the cgroup v2 root always does), watched for
+    /// connects the guard does not see [default: none, the fast path is off below the root]
+    #[arg(long, value_name = "PATH")]
+    pub watch_cgroup: Option<PathBuf>,
 }
 
 /// Arguments of `udpguard events`.
@@ -154,7 +162,17 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (cgroup, outcome, settings) = guard::attach(&args.attach)?;
+    let attached = guard::attach(&args.attach)?;
+    let (cgroup, outcome, settings) = (&attached.cgroup, attached.outcome, attached.settings);
+    for note in attached
+        .features
+        .missing()
+        .into_iter()
+        .map(String::from)
+        .chain(attached.notes.clone())
+    {
+        tracing::warn!("{note}");
+    }
     let owned = outcome == AttachOutcome::Attached;
     let path = cgroup.path.display().to_string();
     let how = format!(
@@ -178,8 +196,20 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
 
     let server = listener.map(|listener| serve_metrics(listener, shutdown.clone()));
     let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
+    let scope = args.watch_cgroup.as_deref().map(Cgroup::open).transpose()?;
+    // Below the cgroup root the fast path needs the watch; at the root, nothing more.
+    let watch = match Watch::start(Attachment::open(&dir)?, cgroup, scope.as_ref()) {
+        Ok(watch) => Some(watch),
+        Err(err) => {
+            tracing::warn!("fast path off: cannot watch for connects outside {path}: {err:#}");
+            None
+        }
+    };
+    let coverage = watch
+        .as_ref()
+        .map_or_else(Default::default, Watch::coverage);
     // The route mirror lets the guard check wildcard-bound sockets while we run.
-    let mirror = match RouteMirror::start(&dir, &cgroup.path) {
+    let mirror = match RouteMirror::start(&Attachment::open(&dir)?, coverage) {
         Ok(mirror) => {
             tracing::info!("mirroring routes: wildcard-bound sockets are checked while this runs");
             Some(mirror)
@@ -192,6 +222,10 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
     let streamed = events::stream(&dir, args.json, shutdown).await;
     if let Some(mirror) = mirror {
         mirror.stop();
+    }
+    // The fast path is withdrawn everywhere: the watch can go.
+    if let Some(watch) = watch {
+        watch.stop();
     }
     if let Some(server) = server {
         // On an error the shutdown signal never came: stop the server at once.

@@ -14,7 +14,10 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::links::{FdLink, PinnedLink},
 };
-use udpguard_common::{AttachMeta, Config, Counters, map_names};
+use udpguard_common::{
+    AttachMeta, Config, Counters, map_names,
+    names::{MAP_PINS, link_pins, pin_of},
+};
 
 use crate::{
     cgroup::Cgroup,
@@ -22,28 +25,21 @@ use crate::{
     loader::{LoadedGuard, object_sha256},
     settings::Settings,
     sys,
+    tables::TableSizes,
 };
 
-/// Pin names inside an attachment directory: the links (named by `LoadedGuard::attach`)...
-const LINK_PINS: [&str; 4] = ["connect4", "connect6", "create", "release"];
-/// ... and the maps.
-const CONFIG_PIN: &str = "config";
-const COUNTERS_PIN: &str = "counters";
-const META_PIN: &str = "meta";
-const EVENTS_PIN: &str = "events";
-pub const CLAIMS_PIN: &str = "claims";
-/// The fast path's maps: seeded by the agent, noted by the programs.
-pub const NAMESPACES_PIN: &str = "namespaces";
-/// The route mirror's maps, kept by the agent (`udpguard run`).
-pub const ROUTES4_PIN: &str = "routes4";
-pub const ROUTES6_PIN: &str = "routes6";
-pub const NETNS_PIN: &str = "netns";
-pub const AGENT_PIN: &str = "agent";
-pub const NETNS_EVENTS_PIN: &str = "netns_events";
+/// The pins of links inside an attachment directory: the guard's (see `link_pins`), and the
+/// watch the agent puts on an ancestor cgroup for its fast path.
+pub const WATCH_PINS: [&str; 2] = ["watch4", "watch6"];
 /// Prefixes of directories being built or torn down; never read as attachments.
 /// (bpffs refuses names with a dot, so these are not hidden files.)
 const BUILDING: &str = "building-";
 const RETIRING: &str = "retiring-";
+
+/// The path of a map's pin in an attachment directory.
+pub fn map_pin(dir: &Path, map: &str) -> PathBuf {
+    dir.join(pin_of(map))
+}
 
 /// The directory name of the attachment to a cgroup.
 pub fn dir_name(cgroup_id: u64) -> String {
@@ -77,19 +73,22 @@ pub fn create(
     cgroup: &Cgroup,
     settings: Settings,
     events_buffer: u32,
+    sizes: TableSizes,
     old: Option<&Path>,
-) -> Result<()> {
-    let mut guard = LoadedGuard::load(settings.errno.needs_set_retval(), events_buffer)?;
+) -> Result<LoadedGuard> {
+    let mut guard = LoadedGuard::load(settings.errno.needs_set_retval(), events_buffer, sizes)?;
     let meta = AttachMeta {
         version: AttachMeta::VERSION,
-        set_retval: guard.set_retval.into(),
+        features: guard.features.0,
         cgroup_id: cgroup.id,
         object_sha256: object_sha256(),
         attached_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        claim_buckets: guard.sizes.claim_buckets,
+        records: guard.sizes.records,
     };
-    write_one(&mut guard, map_names::CONFIG, settings.to_config())?;
+    write_one(&mut guard, map_names::CONFIG, settings.to_config(0))?;
     write_one(&mut guard, map_names::META, meta)?;
 
     let building = root.join(format!("{BUILDING}{}-{}", cgroup.id, std::process::id()));
@@ -109,7 +108,7 @@ pub fn create(
     } else {
         fs::rename(&building, &target).map_err(io(format!("renaming to {}", target.display())))?;
     }
-    Ok(())
+    Ok(guard)
 }
 
 fn write_one<T: aya::Pod>(guard: &mut LoadedGuard, name: &str, value: T) -> Result<()> {
@@ -125,19 +124,7 @@ fn write_one<T: aya::Pod>(guard: &mut LoadedGuard, name: &str, value: T) -> Resu
 }
 
 fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
-    for (name, pin) in [
-        (map_names::CONFIG, CONFIG_PIN),
-        (map_names::COUNTERS, COUNTERS_PIN),
-        (map_names::META, META_PIN),
-        (map_names::EVENTS, EVENTS_PIN),
-        (map_names::CLAIMS, CLAIMS_PIN),
-        (map_names::ROUTES4, ROUTES4_PIN),
-        (map_names::ROUTES6, ROUTES6_PIN),
-        (map_names::NETNS, NETNS_PIN),
-        (map_names::AGENT, AGENT_PIN),
-        (map_names::NETNS_EVENTS, NETNS_EVENTS_PIN),
-        (map_names::NAMESPACES, NAMESPACES_PIN),
-    ] {
+    for (name, pin) in MAP_PINS {
         let map = guard
             .ebpf
             .map(name)
@@ -152,9 +139,23 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Detaches the link pinned at `path` at once and removes the pin (nothing there: nothing to do).
+pub fn detach_link(path: &Path) -> Result<()> {
+    let Ok(link) = sys::obj_get(path) else {
+        return Ok(());
+    };
+    sys::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Detaches an attachment's programs at once and removes its directory.
 pub fn remove(dir: &Path) -> Result<()> {
-    for pin in LINK_PINS {
+    for pin in link_pins::ALL.into_iter().chain(WATCH_PINS) {
         let path = dir.join(pin);
         if let Ok(link) = sys::obj_get(&path) {
             sys::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
@@ -181,14 +182,9 @@ pub fn remove_leftovers(root: &Path) -> Result<()> {
 
 /// The conflict events of the attachment in `dir`, for a reader in user space.
 pub fn open_events(dir: &Path) -> Result<RingBuf<MapData>> {
-    let map = MapData::from_pin(dir.join(EVENTS_PIN))
-        .with_context(|| format!("opening {}/{EVENTS_PIN}", dir.display()))?;
+    let path = map_pin(dir, map_names::EVENTS);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     Ok(RingBuf::try_from(aya::maps::Map::RingBuf(map)).context("events map")?)
-}
-
-/// How many tuples the attachment's claim table holds (a read-only look).
-pub fn count_claims(dir: &Path) -> Result<usize> {
-    Ok(crate::claims::ClaimTable::open(dir, false)?.count())
 }
 
 /// An attachment opened from its pins.
@@ -202,16 +198,17 @@ pub struct Attachment {
 impl Attachment {
     /// Opens the pins in `dir`. Fails for pins of an incompatible udpguard version.
     pub fn open(dir: &Path) -> Result<Attachment> {
-        let map = |pin: &str| {
-            MapData::from_pin(dir.join(pin))
-                .with_context(|| format!("opening {}/{pin}", dir.display()))
+        let map = |name: &str| {
+            let path = map_pin(dir, name);
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
         };
         let meta: Array<MapData, AttachMeta> =
-            Array::try_from(aya::maps::Map::Array(map(META_PIN)?)).context("meta map")?;
-        let config =
-            Array::try_from(aya::maps::Map::Array(map(CONFIG_PIN)?)).context("config map")?;
-        let counters = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map(COUNTERS_PIN)?))
-            .context("counters map")?;
+            Array::try_from(aya::maps::Map::Array(map(map_names::META)?)).context("meta map")?;
+        let config = Array::try_from(aya::maps::Map::Array(map(map_names::CONFIG)?))
+            .context("config map")?;
+        let counters =
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map(map_names::COUNTERS)?))
+                .context("counters map")?;
         Ok(Attachment {
             dir: dir.to_path_buf(),
             meta: meta.get(&0, 0).context("reading meta")?,
@@ -230,12 +227,41 @@ impl Attachment {
         Ok(Settings::from_config(config))
     }
 
-    /// Changes mode and errno in place: the programs read them on every connect.
+    /// Changes mode, errno and auto-bind policy in place (the programs read them on every
+    /// connect that needs them), keeping the flags the agent manages.
     pub fn set_settings(&mut self, settings: Settings) -> Result<()> {
+        let flags = self.config.get(&0, 0).context("reading config")?.flags;
         self.config
-            .set(0, settings.to_config(), 0)
+            .set(0, settings.to_config(flags), 0)
             .context("writing config")?;
         Ok(())
+    }
+
+    /// Sets or clears bits of the config's `flags` (the agent's), keeping the settings.
+    pub fn set_flags(&mut self, set: u32, clear: u32) -> Result<()> {
+        let mut config = self.config.get(&0, 0).context("reading config")?;
+        config.flags = (config.flags | set) & !clear;
+        self.config.set(0, config, 0).context("writing config")?;
+        Ok(())
+    }
+
+    /// The sizes the tables were loaded with.
+    pub fn sizes(&self) -> Option<TableSizes> {
+        (self.meta.claim_buckets != 0).then(|| TableSizes {
+            sockets: self.meta.claim_buckets as u64 * udpguard_common::CLAIM_WAYS as u64 / 2,
+            claim_buckets: self.meta.claim_buckets,
+            records: self.meta.records,
+        })
+    }
+
+    /// What the programs can do on this kernel.
+    pub fn features(&self) -> crate::loader::Features {
+        crate::loader::Features(self.meta.features)
+    }
+
+    /// The claim table, mapped read-only or for the agent's seeding.
+    pub fn claim_table(&self, writable: bool) -> anyhow::Result<crate::claims::ClaimTable> {
+        crate::claims::ClaimTable::open(&self.dir, self.meta.claim_buckets, writable)
     }
 
     /// The counters, summed over CPUs.
@@ -252,7 +278,7 @@ impl Attachment {
 
     /// The ids of the attached connect4 and connect6 programs (None if a link is gone).
     pub fn program_ids(&self) -> [Option<u32>; 2] {
-        [LINK_PINS[0], LINK_PINS[1]].map(|pin| {
+        [link_pins::CONNECT4, link_pins::CONNECT6].map(|pin| {
             let link: FdLink = PinnedLink::from_pin(self.dir.join(pin)).ok()?.into();
             link.info().ok().map(|info| info.program_id())
         })

@@ -38,6 +38,12 @@ impl Cgroup {
         })
     }
 
+    /// True for the root of the host's cgroup v2 hierarchy (id 1), where every process of the
+    /// machine is: not a cgroup namespace's root, which only looks like one.
+    pub fn is_host_root(&self) -> bool {
+        self.id == 1
+    }
+
     /// The cgroup given on the command line, or the root of the v2 hierarchy.
     pub fn open_or_root(path: Option<&Path>) -> Result<Cgroup> {
         match path {

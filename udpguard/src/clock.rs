@@ -24,12 +24,12 @@ pub fn jiffies() -> anyhow::Result<u64> {
         .get_or_init(|| sample().map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)?;
-    Ok(jiffies + (monotonic_ns().saturating_sub(at_ns)) / crate::settings::tick_ns())
+    Ok(jiffies + (monotonic_ns().saturating_sub(at_ns)) / tick_ns())
 }
 
 /// Ticks in `seconds` at this kernel's tick rate.
 pub fn ticks(seconds: u64) -> u64 {
-    (seconds * 1_000_000_000).div_ceil(crate::settings::tick_ns())
+    (seconds * 1_000_000_000).div_ceil(tick_ns())
 }
 
 fn sample() -> anyhow::Result<(u64, u64)> {
@@ -55,6 +55,20 @@ fn parse_timer_list(text: &str) -> Option<(u64, u64)> {
     Some((jiffies, now_ns))
 }
 
+/// The kernel's tick in nanoseconds (`jiffies` advance once per tick): the resolution of
+/// `CLOCK_MONOTONIC_COARSE`, 4 ms at 250 Hz.
+pub fn tick_ns() -> u64 {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `res` is a valid timespec to write.
+    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
+    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    // Unknown: assume the slowest common tick (100 Hz).
+    if ok && ns > 0 { ns } else { 10_000_000 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +86,6 @@ mod tests {
 
     #[test]
     fn a_lease_of_ten_seconds_is_ten_seconds_of_ticks() {
-        assert_eq!(ticks(10) * crate::settings::tick_ns(), 10_000_000_000);
+        assert_eq!(ticks(10) * tick_ns(), 10_000_000_000);
     }
 }

@@ -1,22 +1,24 @@
-//! The agent's half of the O(1) no-conflict path (the kernel's half and the reasoning are in
-//! `udpguard-ebpf/src/fastpath.rs`). For a network namespace it vouches that the claims index
-//! every held tuple: every process there is in the guarded cgroup, and the sockets connected
-//! before are added to the claims from a socket dump. It withdraws as soon as either stops
-//! being true; the programs themselves notice connects the claims cannot index.
+//! The agent's half of the O(1) no-conflict path (the reasoning is in
+//! `udpguard_common::namespaces`, the kernel's half in `udpguard-ebpf/src/fastpath.rs`). For a
+//! network namespace it vouches that the claims index every held tuple: the sockets connected
+//! before are added to the claims from a socket dump, and every connect since was seen, by the
+//! guard's programs or, below the cgroup root, by the watch (which notes the others' connects
+//! in the kernel). A periodic dump checks the claims against the sockets and withdraws if one
+//! is missing.
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     mem::offset_of,
-    path::{Path, PathBuf},
+    path::Path,
     sync::atomic::{AtomicU64, Ordering::SeqCst},
     time::{Duration, Instant},
 };
 
 use udpguard_common::{
-    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot,
+    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, map_names, namespace_slot,
 };
 
 use crate::{
-    attachment::NAMESPACES_PIN,
+    attachment::{Attachment, map_pin},
     claims::{ClaimTable, Seeded},
     clock,
     scan::{sock_diag::SockDiag, socket::ConnectedUdpSocket},
@@ -41,7 +43,7 @@ pub struct NamespaceTable {
 impl NamespaceTable {
     pub fn open(dir: &Path, writable: bool) -> anyhow::Result<NamespaceTable> {
         let len = NAMESPACE_SLOTS as usize * size_of::<NamespaceIndex>();
-        let path = dir.join(NAMESPACES_PIN);
+        let path = map_pin(dir, map_names::NAMESPACES);
         let map = SharedArray::open(&path, "fast-path namespace table", len, writable)?;
         Ok(NamespaceTable { map })
     }
@@ -151,10 +153,10 @@ pub struct FastPathMaps {
 impl FastPathMaps {
     /// Opens the attachment's fast-path maps for the agent (`status` reads
     /// [`NamespaceTable`] alone, read-only).
-    pub fn open(dir: &Path) -> anyhow::Result<FastPathMaps> {
+    pub fn open(attachment: &Attachment) -> anyhow::Result<FastPathMaps> {
         Ok(FastPathMaps {
-            namespaces: NamespaceTable::open(dir, true)?,
-            claims: ClaimTable::open(dir, true)?,
+            namespaces: NamespaceTable::open(&attachment.dir, true)?,
+            claims: attachment.claim_table(true)?,
             seeded: StdHashMap::new(),
         })
     }
@@ -204,35 +206,68 @@ impl FastPathMaps {
     }
 }
 
-/// The claim keys of the connected UDP sockets in the current namespace.
-fn held_tuples(netns_cookie: u64) -> anyhow::Result<HashSet<ClaimKey>> {
+/// The connected UDP sockets of the current namespace that the claims index (a tuple with a
+/// multicast or broadcast end never conflicts), as claim keys with their sockets' devices.
+fn held_tuples(netns_cookie: u64) -> anyhow::Result<StdHashMap<ClaimKey, u32>> {
     Ok(SockDiag::open()?
         .dump_connected_udp()?
         .iter()
-        .map(|socket| claim_key(netns_cookie, socket))
+        .filter(|socket| unicast(socket))
+        .map(|socket| (claim_key(netns_cookie, socket), socket.bound_ifindex))
         .collect())
 }
 
-/// Brings one namespace's fast path up to date; runs on a thread inside that namespace.
-/// Returns whether it is on.
+/// True when both ends of the socket's tuple are unicast addresses.
+fn unicast(socket: &ConnectedUdpSocket) -> bool {
+    let plain = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(a) => !a.is_multicast() && !a.is_broadcast(),
+        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => !v4.is_multicast() && !v4.is_broadcast(),
+            None => !a.is_multicast(),
+        },
+    };
+    plain(socket.local.ip()) && plain(socket.remote.ip())
+}
+
+/// Brings one namespace (`netns`: its nsfs identity) up to date; runs on a thread inside it.
+/// `coverage` says whether every connect in it is seen (by the guard at the cgroup root, or by
+/// the watch). Returns whether the fast path is on.
 pub fn refresh(
     maps: &std::sync::Mutex<FastPathMaps>,
     netns_cookie: u64,
     netns: (u64, u64),
-    guarded: &Path,
+    coverage: &crate::watch::Coverage,
 ) -> anyhow::Result<bool> {
-    if !every_process_inside(netns, guarded) {
+    if !coverage.covered() {
         maps.lock().unwrap().withdraw(netns_cookie);
         return Ok(false);
     }
     if maps.lock().unwrap().is_on(netns_cookie) {
         maps.lock().unwrap().namespaces.renew(netns_cookie)?;
         if maps.lock().unwrap().sweep_due(netns_cookie) {
+            if !coverage.covers(netns) {
+                maps.lock().unwrap().withdraw(netns_cookie);
+                return Ok(false);
+            }
             // Dumped without the lock: other namespaces' threads share it.
             let held = held_tuples(netns_cookie)?;
-            maps.lock().unwrap().sweep(netns_cookie, &held)?;
+            let mut maps = maps.lock().unwrap();
+            let missing = held.keys().filter(|key| !maps.claims.contains(key)).count();
+            if missing > 0 && maps.is_on(netns_cookie) {
+                // The claims should hold every tuple here: something connected unseen.
+                tracing::warn!(
+                    "netns {netns_cookie}: {missing} held tuple(s) missing from the claims; \
+                     fast path off until the next seeding"
+                );
+                maps.withdraw(netns_cookie);
+                return Ok(false);
+            }
+            maps.sweep(netns_cookie, &held.into_keys().collect())?;
         }
         return Ok(true);
+    }
+    if !coverage.covers(netns) {
+        return Ok(false);
     }
     // Seed: what connected before now is in the dump; what connects after goes through the
     // programs, into the claims or noted as unindexed.
@@ -245,8 +280,8 @@ pub fn refresh(
         .remove(&netns_cookie)
         .map_or_else(HashSet::new, |(_, seeded)| seeded);
     let mut full = false;
-    for key in &held {
-        match maps.claims.seed(key)? {
+    for (key, device) in &held {
+        match maps.claims.seed(key, *device)? {
             Seeded::Indexed => _ = seeded.insert(*key),
             Seeded::NoRoom => full = true,
         }
@@ -304,41 +339,6 @@ fn words(addr: std::net::IpAddr) -> ([u32; 4], u32) {
             }
         },
     }
-}
-
-/// True when every process in the namespace (but us: the agent makes no UDP connections) is
-/// in the guarded cgroup or below it.
-fn every_process_inside(netns: (u64, u64), guarded: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(root) = crate::cgroup::root() else {
-        return false;
-    };
-    let me = std::process::id().to_string();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str() else { continue };
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-            continue;
-        }
-        let in_namespace = std::fs::metadata(entry.path().join("ns/net"))
-            .is_ok_and(|m| (m.dev(), m.ino()) == netns);
-        if !in_namespace {
-            continue;
-        }
-        match cgroup_of(&entry.path(), &root) {
-            Some(cgroup) if cgroup.starts_with(guarded) => {}
-            // Outside, or gone before we could tell: not vouched for.
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// A process's cgroup v2 directory, from /proc/<pid>/cgroup.
-fn cgroup_of(proc_dir: &Path, root: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(proc_dir.join("cgroup")).ok()?;
-    let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(root.join(relative.trim_start_matches('/')))
 }
 
 #[cfg(test)]

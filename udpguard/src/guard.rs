@@ -1,13 +1,17 @@
 //! The verbs that change the guard: attach and detach.
 use std::path::{Path, PathBuf};
 
+use udpguard_common::config::DEFAULT_EVENTS_BUFFER;
+
 use crate::{
     attachment::{self, Attachment},
     bpffs::{self, PinLock},
     cgroup::Cgroup,
     error::{Error, Result},
+    loader::Features,
     privilege,
     settings::{Autobind, Errno, Mode, Settings},
+    tables::{self, TableSizes},
 };
 
 /// What `attach` did.
@@ -20,9 +24,6 @@ pub enum AttachOutcome {
     /// Attached by another udpguard build: replaced, with no gap in enforcement.
     Replaced,
 }
-
-/// The ring buffer's default size: room for about 2,500 conflict events between two reads.
-pub const DEFAULT_EVENTS_BUFFER: u32 = 256 * 1024;
 
 /// What `attach` (and `run`) are asked for; `None` keeps the current value (or the default).
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -44,6 +45,24 @@ pub struct AttachRequest {
     /// >= 4096 [default: 262144]
     #[arg(long, value_parser = parse_events_buffer)]
     pub events_buffer: Option<u32>,
+    /// connected UDP sockets the kernel tables are sized for when the programs are loaded
+    /// (e.g. 500k); past it claims spill, then fail open, counted [default: from the host's
+    /// memory, 262144 on 24 GiB]
+    #[arg(long, value_parser = tables::parse_max_sockets, value_name = "N")]
+    pub max_sockets: Option<u64>,
+}
+
+/// What `attach` did, and what the user should know about it.
+#[derive(Debug)]
+pub struct Attached {
+    pub cgroup: Cgroup,
+    pub outcome: AttachOutcome,
+    pub settings: Settings,
+    pub features: Features,
+    /// The tables' sizes (None without claims).
+    pub sizes: Option<TableSizes>,
+    /// Options that did not take effect, and why.
+    pub notes: Vec<String>,
 }
 
 /// A ring buffer's size must be a power of two and a whole number of pages.
@@ -57,16 +76,16 @@ pub fn parse_events_buffer(text: &str) -> std::result::Result<u32, String> {
 }
 
 /// Attaches the guard to a cgroup, or updates it in place.
-/// Returns the cgroup, what was done, and the settings now in force.
-pub fn attach(request: &AttachRequest) -> Result<(Cgroup, AttachOutcome, Settings)> {
+pub fn attach(request: &AttachRequest) -> Result<Attached> {
     let AttachRequest {
         ref cgroup,
         mode,
         errno,
         autobind,
         events_buffer,
+        max_sockets,
     } = *request;
-    let events_buffer = events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
+    let sizes = max_sockets.map_or_else(TableSizes::for_this_host, TableSizes::for_sockets);
     privilege::require("attach")?;
     let cgroup = Cgroup::open_or_root(cgroup.as_deref())?;
     let root = bpffs::ensure_pin_root()?;
@@ -78,24 +97,59 @@ pub fn attach(request: &AttachRequest) -> Result<(Cgroup, AttachOutcome, Setting
     match existing {
         Some(Ok(mut current)) if current.matches_binary() => {
             let settings = current.settings()?.with(mode, errno, autobind);
-            if settings.errno.needs_set_retval() && current.meta.set_retval == 0 {
+            if settings.errno.needs_set_retval() && !current.features().set_retval() {
                 return Err(Error::NoSetRetval);
             }
             current.set_settings(settings)?;
-            Ok((cgroup, AttachOutcome::Updated, settings))
+            let mut notes = Vec::new();
+            // Sizes are fixed when the programs are loaded: say so rather than ignore them.
+            if events_buffer.is_some() || max_sockets.is_some() {
+                notes.push(
+                    "--events-buffer and --max-sockets apply when the programs are loaded: the \
+                     attachment keeps its sizes (detach and attach again to change them)"
+                        .to_string(),
+                );
+            }
+            Ok(Attached {
+                cgroup,
+                outcome: AttachOutcome::Updated,
+                settings,
+                features: current.features(),
+                sizes: current.sizes(),
+                notes,
+            })
         }
         Some(current) => {
             // Keep what the old attachment was set to, unless told otherwise.
             let old = current.and_then(|a| a.settings()).unwrap_or_default();
             let settings = old.with(mode, errno, autobind);
-            attachment::create(&root, &cgroup, settings, events_buffer, Some(&dir))?;
-            Ok((cgroup, AttachOutcome::Replaced, settings))
+            let events_buffer = events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
+            let loaded =
+                attachment::create(&root, &cgroup, settings, events_buffer, sizes, Some(&dir))?;
+            Ok(attached(cgroup, AttachOutcome::Replaced, settings, &loaded))
         }
         None => {
             let settings = Settings::default().with(mode, errno, autobind);
-            attachment::create(&root, &cgroup, settings, events_buffer, None)?;
-            Ok((cgroup, AttachOutcome::Attached, settings))
+            let events_buffer = events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
+            let loaded = attachment::create(&root, &cgroup, settings, events_buffer, sizes, None)?;
+            Ok(attached(cgroup, AttachOutcome::Attached, settings, &loaded))
         }
+    }
+}
+
+fn attached(
+    cgroup: Cgroup,
+    outcome: AttachOutcome,
+    settings: Settings,
+    loaded: &crate::loader::LoadedGuard,
+) -> Attached {
+    Attached {
+        cgroup,
+        outcome,
+        settings,
+        features: loaded.features,
+        sizes: loaded.features.claims().then_some(loaded.sizes),
+        notes: Vec::new(),
     }
 }
 

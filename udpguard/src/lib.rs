@@ -30,3 +30,5 @@ pub mod settings;
 pub mod shared_map;
 pub mod status;
 mod sys;
+pub mod tables;
+pub mod watch;

@@ -1,5 +1,9 @@
 //! Loading the embedded eBPF object and attaching its programs to a cgroup.
-use std::fs::File;
+//!
+//! The object holds three builds of the connect programs (see `udpguard-ebpf/src/main.rs`);
+//! the loader uses the first this kernel's verifier accepts, and says what the others would
+//! have added ([`Features`]). That is the one compatibility check: everything else reads it.
+use std::{fs::File, path::Path};
 
 use anyhow::Context as _;
 use aya::{
@@ -9,11 +13,17 @@ use aya::{
     },
 };
 use sha2::{Digest as _, Sha256};
-use udpguard_common::{map_names, program_names};
+use udpguard_common::{
+    map_names,
+    meta::features,
+    names::{global_names, link_pins, pin_of},
+    program_names,
+};
 
 use crate::{
     cgroup::Cgroup,
     error::{Error, Result},
+    tables::TableSizes,
 };
 
 /// The eBPF object built from `udpguard-ebpf` by the build script.
@@ -24,93 +34,209 @@ pub fn object_sha256() -> [u8; 32] {
     Sha256::digest(OBJECT).into()
 }
 
+/// What the loaded programs can do on this kernel (bits of `udpguard_common::meta::features`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features(pub u32);
+
+impl Features {
+    /// Refusals with any errno (`bpf_set_retval`, Linux 5.18+).
+    pub const fn set_retval(self) -> bool {
+        self.0 & features::SET_RETVAL != 0
+    }
+
+    /// Claims: no race window, and the agent's fast path (64-bit BPF atomics, Linux 5.12+).
+    pub const fn claims(self) -> bool {
+        self.0 & features::CLAIMS != 0
+    }
+
+    /// What is off, and why, for `attach`, `status` and the agent to say plainly.
+    pub fn missing(self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.claims() {
+            missing.push(
+                "race protection and the fast path are off: this kernel's BPF has no 64-bit \
+                 compare-and-swap (Linux 5.12+); duplicates are still refused by the kernel's \
+                 lookup, but two connects racing each other can both get through",
+            );
+        }
+        if !self.set_retval() {
+            missing.push(
+                "refusals are EPERM only: this kernel has no bpf_set_retval for connect hooks \
+                 (Linux 5.18+)",
+            );
+        }
+        missing
+    }
+
+    /// The connect programs of this build.
+    const fn connect_programs(self) -> [&'static str; 2] {
+        if self.set_retval() {
+            [program_names::CONNECT4, program_names::CONNECT6]
+        } else if self.claims() {
+            [program_names::CONNECT4_PLAIN, program_names::CONNECT6_PLAIN]
+        } else {
+            [program_names::CONNECT4_BASIC, program_names::CONNECT6_BASIC]
+        }
+    }
+}
+
 /// The object, loaded into the kernel, programs verified but not yet attached.
 pub struct LoadedGuard {
     pub ebpf: Ebpf,
-    /// Whether the programs refuse through `bpf_set_retval` (any errno) or with EPERM only.
-    pub set_retval: bool,
+    pub features: Features,
+    pub sizes: TableSizes,
 }
 
 /// The attached programs' links, not yet pinned, with the names to pin them under.
-pub type Links = [(&'static str, FdLink); 4];
+pub type Links = Vec<(&'static str, FdLink)>;
 
 impl LoadedGuard {
-    /// Loads the programs that refuse with any errno, or, on a kernel without
-    /// `bpf_set_retval` in these hooks, those that refuse with EPERM (unless `need_set_retval`).
-    /// The conflict-event ring buffer gets `events_buffer` bytes.
-    pub fn load(need_set_retval: bool, events_buffer: u32) -> Result<LoadedGuard> {
-        let mut ebpf = EbpfLoader::new()
-            // Ask for the verifier's log, so a rejection can show it.
-            .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
-            .map_max_entries(map_names::EVENTS, events_buffer)
-            .load(OBJECT)
-            .context("loading udpguard's maps from its embedded eBPF object")?;
-        let set_retval = match load_connect(&mut ebpf, program_names::CONNECT4) {
-            Ok(()) => true,
-            Err(Error::VerifierRejected { ref log, .. }) if lacks_helper(log) => false,
+    /// Loads the best build of the programs this kernel accepts (failing if `need_set_retval`
+    /// and it has no `bpf_set_retval`), with an `events_buffer`-byte ring buffer and tables of
+    /// `sizes`.
+    pub fn load(
+        need_set_retval: bool,
+        events_buffer: u32,
+        sizes: TableSizes,
+    ) -> Result<LoadedGuard> {
+        let mut ebpf = load_object(events_buffer, sizes)?;
+        // The best build first; each fallback only for the verifier's word that this kernel
+        // lacks what the build before needs.
+        let (features, mut loaded) = match load_connect(&mut ebpf, program_names::CONNECT4) {
+            Ok(()) => (
+                Features(features::SET_RETVAL | features::CLAIMS),
+                Some(program_names::CONNECT4),
+            ),
+            Err(Error::VerifierRejected { ref log, .. }) if lacks_helper(log) => {
+                match load_connect(&mut ebpf, program_names::CONNECT4_PLAIN) {
+                    Ok(()) => (
+                        Features(features::CLAIMS),
+                        Some(program_names::CONNECT4_PLAIN),
+                    ),
+                    Err(Error::VerifierRejected { ref log, .. }) if lacks_atomics(log) => {
+                        (Features(0), None)
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
             Err(err) => return Err(err),
         };
-        if !set_retval && need_set_retval {
+        if !features.set_retval() && need_set_retval {
             return Err(Error::NoSetRetval);
         }
-        for name in connect_programs(set_retval) {
-            if name != program_names::CONNECT4 {
+        let (sizes, mut ebpf) = if features.claims() {
+            (sizes, ebpf)
+        } else {
+            // No claims: load again without their tables (they would only take memory).
+            let none = TableSizes::for_sockets(1);
+            loaded = None;
+            (none, load_object(events_buffer, none)?)
+        };
+        for name in features.connect_programs() {
+            if Some(name) != loaded {
                 load_connect(&mut ebpf, name)?;
             }
         }
-        for name in [program_names::CREATE, program_names::RELEASE] {
-            let program: &mut CgroupSock = program(&mut ebpf, name)?;
-            verified(name, program.load())?;
+        if features.claims() {
+            for name in [program_names::CREATE, program_names::RELEASE] {
+                let program: &mut CgroupSock = program(&mut ebpf, name)?;
+                verified(name, program.load())?;
+            }
         }
-        Ok(LoadedGuard { ebpf, set_retval })
+        Ok(LoadedGuard {
+            ebpf,
+            features,
+            sizes,
+        })
     }
 
-    /// Attaches connect4, connect6, sock_create and sock_release to the cgroup and hands back
-    /// the links, not yet pinned.
+    /// Attaches the programs to the cgroup (connect4, connect6, and with claims sock_create
+    /// and sock_release) and hands back the links, not yet pinned.
     pub fn attach(&mut self, cgroup: &Cgroup) -> Result<Links> {
         let dir = File::open(&cgroup.path).map_err(crate::error::io(format!(
             "opening {}",
             cgroup.path.display()
         )))?;
-        let [v4, v6] = connect_programs(self.set_retval);
-        // A cgroup *link* always joins the hook's multi-program list (the kernel refuses
-        // flags on link_create), so Single still lets other tools' programs sit beside ours.
-        let mut connect = |name: &'static str| -> Result<FdLink> {
-            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let id = program
-                .attach(&dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name}"))?;
-            let link = program.take_link(id).context("taking the link")?;
-            Ok(FdLink::try_from(link).context("not a link")?)
-        };
-        let (v4, v6) = (connect(v4)?, connect(v6)?);
-
-        let mut sock = |name: &'static str| -> Result<FdLink> {
-            let program: &mut CgroupSock = program(&mut self.ebpf, name)?;
-            let id = program
-                .attach(&dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name}"))?;
-            let link = program.take_link(id).context("taking the link")?;
-            Ok(FdLink::try_from(link).context("not a link")?)
-        };
-        let (create, release) = (sock(program_names::CREATE)?, sock(program_names::RELEASE)?);
-
-        Ok([
-            ("connect4", v4),
-            ("connect6", v6),
-            ("create", create),
-            ("release", release),
-        ])
+        let [v4, v6] = self.features.connect_programs();
+        let mut links = vec![
+            (
+                link_pins::CONNECT4,
+                attach_sock_addr(&mut self.ebpf, v4, &dir)?,
+            ),
+            (
+                link_pins::CONNECT6,
+                attach_sock_addr(&mut self.ebpf, v6, &dir)?,
+            ),
+        ];
+        if self.features.claims() {
+            for (pin, name) in [
+                (link_pins::CREATE, program_names::CREATE),
+                (link_pins::RELEASE, program_names::RELEASE),
+            ] {
+                let program: &mut CgroupSock = program(&mut self.ebpf, name)?;
+                let id = program
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name}"))?;
+                let link = program.take_link(id).context("taking the link")?;
+                links.push((pin, FdLink::try_from(link).context("not a link")?));
+            }
+        }
+        Ok(links)
     }
 }
 
-/// The connect4 and connect6 programs to use.
-const fn connect_programs(set_retval: bool) -> [&'static str; 2] {
-    if set_retval {
-        [program_names::CONNECT4, program_names::CONNECT6]
-    } else {
-        [program_names::CONNECT4_PLAIN, program_names::CONNECT6_PLAIN]
+/// The object with its tables sized (`sizes`) and its ring buffer (`events_buffer` bytes).
+fn load_object(events_buffer: u32, sizes: TableSizes) -> Result<Ebpf> {
+    let claim_mask = sizes.claim_buckets - 1;
+    let record_mask = sizes.records - 1;
+    Ok(EbpfLoader::new()
+        // Ask for the verifier's log, so a rejection can show it.
+        .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+        .map_max_entries(map_names::EVENTS, events_buffer)
+        .map_max_entries(map_names::CLAIMS, sizes.claim_buckets)
+        .map_max_entries(map_names::RECORDS, sizes.records)
+        .override_global(global_names::CLAIM_MASK, &claim_mask, true)
+        .override_global(global_names::RECORD_MASK, &record_mask, true)
+        .load(OBJECT)
+        .context("loading udpguard's maps from its embedded eBPF object")?)
+}
+
+/// A cgroup *link* always joins the hook's multi-program list (the kernel refuses flags on
+/// link_create), so Single still lets other tools' programs sit beside ours.
+fn attach_sock_addr(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink> {
+    let program: &mut CgroupSockAddr = program(ebpf, name)?;
+    let id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching {name}"))?;
+    let link = program.take_link(id).context("taking the link")?;
+    Ok(FdLink::try_from(link).context("not a link")?)
+}
+
+/// The watch programs (see `udpguard-ebpf/src/watch.rs`), loaded against the maps of the
+/// attachment pinned in `dir` and attached to `scope`; their links, not yet pinned.
+pub fn attach_watch(dir: &Path, scope: &Cgroup) -> Result<Links> {
+    let namespaces = dir.join(pin_of(map_names::NAMESPACES));
+    let seen = dir.join(pin_of(map_names::SEEN));
+    let mut ebpf = EbpfLoader::new()
+        .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+        .map_max_entries(map_names::EVENTS, 4096)
+        .map_pin_path(map_names::NAMESPACES, &namespaces)
+        .map_pin_path(map_names::SEEN, &seen)
+        .load(OBJECT)
+        .context("loading udpguard's watch programs")?;
+    let dir = File::open(&scope.path).map_err(crate::error::io(format!(
+        "opening {}",
+        scope.path.display()
+    )))?;
+    let mut links = Links::new();
+    for (pin, name) in [
+        ("watch4", program_names::WATCH4),
+        ("watch6", program_names::WATCH6),
+    ] {
+        load_connect(&mut ebpf, name)?;
+        links.push((pin, attach_sock_addr(&mut ebpf, name, &dir)?));
     }
+    Ok(links)
 }
 
 /// The program `name` of the object, as its type `P` (`CgroupSockAddr`, `CgroupSock`).
@@ -174,6 +300,18 @@ fn lacks_helper(log: &str) -> bool {
         .any(|words| log.contains(words))
 }
 
+/// The verifier's words for a 64-bit compare-and-swap or exchange it does not know (before
+/// Linux 5.12 they were reserved encodings of the atomic add).
+fn lacks_atomics(log: &str) -> bool {
+    [
+        "uses reserved fields",
+        "invalid atomic opcode",
+        "unknown opcode",
+    ]
+    .iter()
+    .any(|words| log.contains(words))
+}
+
 fn cgroup_sock_addr_supported() -> bool {
     aya::sys::is_program_supported(aya::programs::ProgramType::CgroupSockAddr).unwrap_or(true)
 }
@@ -203,10 +341,30 @@ mod tests {
     }
 
     #[test]
-    fn recognises_a_missing_helper() {
+    fn recognises_a_missing_helper_and_missing_atomics() {
         assert!(lacks_helper(
             "0: (85) call bpf_set_retval#187\nunknown func bpf_set_retval#187"
         ));
         assert!(!lacks_helper("R1 invalid mem access 'scalar'"));
+        assert!(lacks_atomics(
+            "12: (db) lock *(u64 *)(r1 +0) += r2\nBPF_STX uses reserved fields"
+        ));
+        assert!(!lacks_atomics("R1 invalid mem access 'scalar'"));
+    }
+
+    #[test]
+    fn each_build_names_its_connect_programs() {
+        let all = Features(features::SET_RETVAL | features::CLAIMS);
+        assert_eq!(all.connect_programs()[0], program_names::CONNECT4);
+        assert_eq!(
+            Features(features::CLAIMS).connect_programs()[1],
+            program_names::CONNECT6_PLAIN
+        );
+        assert_eq!(
+            Features(0).connect_programs()[0],
+            program_names::CONNECT4_BASIC
+        );
+        assert!(all.missing().is_empty());
+        assert_eq!(Features(0).missing().len(), 2);
     }
 }

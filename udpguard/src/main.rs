@@ -46,19 +46,34 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Attach(request) => guard::attach(&request).map(|(cgroup, outcome, settings)| {
-            let what = match outcome {
+        Command::Attach(request) => guard::attach(&request).map(|attached| {
+            let what = match attached.outcome {
                 AttachOutcome::Attached => "attached to",
                 AttachOutcome::Updated => "updated on",
                 AttachOutcome::Replaced => "replaced (older build) on",
             };
+            let settings = attached.settings;
             println!(
                 "udpguard {what} {} (mode {}, errno {}, autobind {})",
-                cgroup.path.display(),
+                attached.cgroup.path.display(),
                 settings.mode.name(),
                 settings.errno.name(),
                 settings.autobind.name()
             );
+            if let Some(sizes) = attached.sizes {
+                println!(
+                    "  tables: {} claims, {} socket records ({} of kernel memory)",
+                    sizes.claim_ways(),
+                    sizes.records,
+                    udpguard::tables::human_bytes(sizes.bytes())
+                );
+            }
+            for note in attached.features.missing() {
+                println!("  note: {note}");
+            }
+            for note in &attached.notes {
+                println!("  note: {note}");
+            }
         }),
         Command::Detach { cgroup, all: false } => guard::detach(cgroup.as_deref())
             .map(|cgroup| println!("udpguard detached from {}", cgroup.path.display())),

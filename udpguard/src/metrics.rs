@@ -248,6 +248,8 @@ udpguard_not_checked_total{cgroup="/sys/fs/cgroup/app",reason="family_mismatch"}
 udpguard_not_checked_total{cgroup="/sys/fs/cgroup/app",reason="wildcard_new_netns"} 0
 udpguard_not_checked_total{cgroup="/sys/fs/cgroup/app",reason="wildcard_unmodeled"} 0
 udpguard_not_checked_total{cgroup="/sys/fs/cgroup/app",reason="autobind_unique"} 0
+udpguard_not_checked_total{cgroup="/sys/fs/cgroup/app",reason="multicast"} 0
+udpguard_not_checked_total{cgroup="/sys/fs/cgroup/app",reason="device_bound"} 0
 # HELP udpguard_events_lost conflict events dropped because the ring buffer was full (still counted in conflicts)
 # TYPE udpguard_events_lost counter
 udpguard_events_lost_total{cgroup="/sys/fs/cgroup/app"} 1

@@ -1,7 +1,11 @@
-//! A throw-away place to run sockets under a guard: its own child cgroup, network namespace
-//! (`lo` up, plus `fd00::1` and `fd00::2`) and pin root, all removed on drop, also when a test
+//! A throw-away place to run sockets under a guard: its own cgroup, network namespace (`lo`
+//! up, plus `fd00::1` and `fd00::2`) and pin root, all removed on drop, also when a test
 //! panics. Used by the tests, the race stress tool and the benchmarks; never touches the
 //! machine's own cgroups or attachments.
+//!
+//! The cgroup is a small tree: `<name>/guarded` is what the guard is attached to, and
+//! `<name>/outside` holds the sandbox's processes that are not guarded, so the whole sandbox
+//! (`scope`) can stand in for the cgroup root where the agent's watch must see every process.
 use std::{
     fs::{self, File},
     io::Write as _,
@@ -21,7 +25,12 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Sandbox {
     /// Names the cgroup, the network namespace (under /run/netns) and the pin root.
     pub name: String,
+    /// The guarded cgroup.
     pub cgroup: PathBuf,
+    /// The sandbox's own cgroup, holding `cgroup` and `outside`.
+    pub scope: PathBuf,
+    /// Where the sandbox's unguarded processes run.
+    pub outside: PathBuf,
     /// Where this sandbox's attachments are pinned (`UDPGUARD_PIN_ROOT` for the CLI).
     pub pin_root: PathBuf,
 }
@@ -38,13 +47,17 @@ impl Sandbox {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        let scope = cgroup::root()?.join(&name);
         let sandbox = Sandbox {
-            cgroup: cgroup::root()?.join(&name),
+            cgroup: scope.join("guarded"),
+            outside: scope.join("outside"),
+            scope,
             pin_root: PathBuf::from(crate::bpffs::DEFAULT_MOUNT).join(&name),
             name,
         };
-        fs::create_dir(&sandbox.cgroup)
-            .with_context(|| format!("creating {}", sandbox.cgroup.display()))?;
+        for dir in [&sandbox.scope, &sandbox.cgroup, &sandbox.outside] {
+            fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         run("ip", &["netns", "add", &sandbox.name])?;
         sandbox.ip(&["link", "set", "lo", "up"])?;
         for addr in ["fd00::1/128", "fd00::2/128"] {
@@ -60,14 +73,20 @@ impl Sandbox {
         run("ip", &all)
     }
 
-    /// A command that runs in the sandbox's network namespace, and in its cgroup when
-    /// `in_cgroup`; the udpguard CLI it starts uses the sandbox's pin root.
+    /// A command that runs in the sandbox's network namespace, in its guarded cgroup when
+    /// `in_cgroup` and in `outside` otherwise; the udpguard CLI it starts uses the sandbox's
+    /// pin root.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, in_cgroup: bool) -> Command {
         let netns = File::open(Path::new("/run/netns").join(&self.name))
             .expect("the sandbox's network namespace");
+        let cgroup = if in_cgroup {
+            &self.cgroup
+        } else {
+            &self.outside
+        };
         let procs = fs::OpenOptions::new()
             .write(true)
-            .open(self.cgroup.join("cgroup.procs"))
+            .open(cgroup.join("cgroup.procs"))
             .expect("the sandbox's cgroup");
         let mut command = Command::new(program);
         command.env("UDPGUARD_PIN_ROOT", &self.pin_root);
@@ -75,7 +94,7 @@ impl Sandbox {
         // descriptors it owns, which it keeps open until the exec.
         unsafe {
             command.pre_exec(move || {
-                if in_cgroup && libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
@@ -107,11 +126,11 @@ impl Drop for Sandbox {
         // Kill anything still in the cgroup, then remove it.
         if let Ok(mut kill) = fs::OpenOptions::new()
             .write(true)
-            .open(self.cgroup.join("cgroup.kill"))
+            .open(self.scope.join("cgroup.kill"))
         {
             let _ = kill.write_all(b"1");
         }
-        remove_cgroup_tree(&self.cgroup);
+        remove_cgroup_tree(&self.scope);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

@@ -17,9 +17,9 @@ pub enum Mode {
 pub enum Errno {
     /// "Operation not permitted": what a cgroup program's refusal gives on every kernel.
     Eperm,
-    /// "Address already in use" (needs bpf_set_retval, Linux >= 6.1).
+    /// "Address already in use" (needs bpf_set_retval, Linux >= 5.18).
     Eaddrinuse,
-    /// "Cannot assign requested address" (needs bpf_set_retval, Linux >= 6.1).
+    /// "Cannot assign requested address" (needs bpf_set_retval, Linux >= 5.18).
     Eaddrnotavail,
 }
 
@@ -148,12 +148,13 @@ impl Settings {
         }
     }
 
-    pub fn to_config(self) -> Config {
+    /// The config map's value for these settings, keeping the `flags` the agent manages.
+    pub fn to_config(self, flags: u32) -> Config {
         Config {
             mode: self.mode.raw(),
             errno: self.errno.raw(),
             autobind: self.autobind.raw(),
-            fresh_jiffies: fresh_jiffies(tick_ns()),
+            flags,
         }
     }
 
@@ -168,41 +169,9 @@ impl Settings {
     }
 }
 
-/// How long a claim stays fresh: longer than a connect takes from the hook to the hash, even
-/// when its vCPU is paused for a few milliseconds.
-pub const CLAIM_FRESH_NS: u64 = 10_000_000;
-
-/// The kernel's tick in nanoseconds (`jiffies` advance once per tick): the resolution of
-/// `CLOCK_MONOTONIC_COARSE`, 4 ms at 250 Hz.
-pub fn tick_ns() -> u64 {
-    let mut res = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `res` is a valid timespec to write.
-    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
-    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
-    // Unknown: assume the slowest common tick (100 Hz), which errs on the fresh side.
-    if ok && ns > 0 { ns } else { 10_000_000 }
-}
-
-/// Ticks a claim stays fresh: [`CLAIM_FRESH_NS`] rounded up, plus one for the partial tick the
-/// claim was made in.
-pub fn fresh_jiffies(tick_ns: u64) -> u32 {
-    (CLAIM_FRESH_NS.div_ceil(tick_ns) + 1) as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn claims_stay_fresh_at_least_ten_milliseconds_at_any_tick_rate() {
-        assert_eq!(fresh_jiffies(4_000_000), 4); // 250 Hz: 12-16 ms
-        assert_eq!(fresh_jiffies(1_000_000), 11); // 1000 Hz
-        assert_eq!(fresh_jiffies(10_000_000), 2); // 100 Hz
-        assert_eq!(fresh_jiffies(3_333_333), 5); // 300 Hz
-    }
 
     #[test]
     fn config_round_trips() {
@@ -214,7 +183,7 @@ mod tests {
                         errno,
                         autobind,
                     };
-                    assert_eq!(Settings::from_config(settings.to_config()), settings);
+                    assert_eq!(Settings::from_config(settings.to_config(0)), settings);
                 }
             }
         }

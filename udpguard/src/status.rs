@@ -36,13 +36,30 @@ pub struct AttachmentStatus {
     pub attached_at: Option<u64>,
     /// Counter name -> value, summed over CPUs.
     pub counters: BTreeMap<&'static str, u64>,
-    /// Tuples held or being connected to by sockets in the cgroup (the claim map's entries).
+    /// Tuples held or being connected to by sockets in the cgroup (the claim table's entries).
     pub claims: Option<usize>,
+    /// The kernel tables' sizes and use (None without claims).
+    pub tables: Option<Tables>,
+    /// What the programs cannot do on this kernel, and why (empty when nothing is off).
+    pub degraded: Vec<&'static str>,
     /// Network namespaces where the O(1) no-conflict path is on (`udpguard run` turns it on).
     pub fast_path_namespaces: Option<usize>,
     /// Why the pins could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The claim table and socket records of an attachment.
+#[derive(Debug, Serialize)]
+pub struct Tables {
+    /// Claims the table holds in all.
+    pub claim_capacity: usize,
+    /// Buckets that spilled claims into another (a sign the table is getting full).
+    pub spilled_buckets: usize,
+    /// Places for socket records.
+    pub records: u32,
+    /// Kernel memory both take, in bytes.
+    pub memory_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +99,8 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
         attached_at: None,
         counters: BTreeMap::new(),
         claims: None,
+        tables: None,
+        degraded: Vec::new(),
         fast_path_namespaces: None,
         error: None,
     };
@@ -99,7 +118,16 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
             status.programs = Programs { connect4, connect6 };
             status.matches_binary = attachment.matches_binary();
             status.attached_at = Some(attachment.meta.attached_at);
-            status.claims = attachment::count_claims(&status.pin_dir).ok();
+            if let Ok(table) = attachment.claim_table(false) {
+                status.claims = Some(table.count());
+                status.tables = attachment.sizes().map(|sizes| Tables {
+                    claim_capacity: table.capacity(),
+                    spilled_buckets: table.spilled_buckets(),
+                    records: sizes.records,
+                    memory_bytes: sizes.bytes(),
+                });
+            }
+            status.degraded = attachment.features().missing();
             status.fast_path_namespaces =
                 crate::fastpath::NamespaceTable::open(&status.pin_dir, false)
                     .ok()
@@ -162,6 +190,20 @@ impl Status {
                 a.claims.map_or_else(|| "?".into(), |n| n.to_string()),
                 count(Counter::EventsLost),
             );
+            if let Some(t) = &a.tables {
+                let _ = writeln!(
+                    out,
+                    "  tables: {} of {} claims in use, {} buckets spilled, {} socket records, {} of kernel memory",
+                    a.claims.unwrap_or(0),
+                    t.claim_capacity,
+                    t.spilled_buckets,
+                    t.records,
+                    crate::tables::human_bytes(t.memory_bytes)
+                );
+            }
+            for off in &a.degraded {
+                let _ = writeln!(out, "  degraded: {off}");
+            }
             if let Some(n) = a.fast_path_namespaces {
                 let _ = writeln!(out, "  fast path on in {n} network namespace(s)");
             }

@@ -1,9 +1,9 @@
-//! The O(1) no-conflict path (issue 7): with `udpguard run` vouching for a namespace, a tuple
-//! nobody claims needs no lookup; conflicts are still refused, sockets connected before are
-//! indexed from a dump, and the fast path turns off when a process outside the guarded cgroup
-//! joins the namespace, when the agent that vouches for it dies, or when a claim there is
-//! dropped for room. Real kernel, root, own
-//! sandbox each.
+//! The O(1) no-conflict path: with `udpguard run` vouching for a namespace, a tuple nobody
+//! claims needs no lookup; conflicts are still refused, sockets connected before are indexed
+//! from a dump, and the fast path turns off at the connect of a socket outside the guarded
+//! cgroup (seen by the watch, also from a thread that entered the namespace with setns), when
+//! the agent that vouches for it dies, or when a claim there is dropped for room. Real kernel,
+//! root, own sandbox each (its cgroup tree stands in for the cgroup root: `--watch-cgroup`).
 mod common;
 
 use std::time::{Duration, Instant};
@@ -77,14 +77,69 @@ fn the_fast_path_turns_off_when_an_outside_process_joins_the_namespace() {
     let _agent = Agent::start(&sb);
     sb.py(REPORT);
     wait_fast_path(&sb, true);
-    // A process outside the guarded cgroup joins the namespace and takes a tuple: no hook
-    // sees it, so the claims cannot index it.
+    // A process outside the guarded cgroup joins the namespace and takes a tuple: the guard's
+    // hooks do not see it, the watch does, at its connect.
     let outsider = Holder::start(&sb, false);
-    wait_fast_path(&sb, false);
-    // Back on the full lookup: the outsider's tuple is refused to a newcomer inside.
+    // Refused to a newcomer inside at once: by the full lookup, or by its seeded claim once
+    // the agent has dumped the namespace again.
     let got = sb.py(r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
     assert_eq!(got, ["EPERM"]);
     drop(outsider);
+}
+
+#[test]
+fn a_thread_that_enters_the_namespace_from_outside_is_seen_at_its_connect() {
+    let sb = Sandbox::new("fast-setns");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    // As Go programs and nsenter-style tools do: a process of another cgroup, living in the
+    // host's namespace, sends threads into the guarded namespace with setns(); each connects
+    // a tuple and leaves. No process of the namespace is outside the guarded cgroup at any
+    // moment a /proc walk could see.
+    let netns = format!("/run/netns/{}", sb.name);
+    // The host's namespace, as this test runner has it (pid 1's is refused to root here).
+    let host = format!("/proc/{}/ns/net", std::process::id());
+    let mut outsider = sb
+        .command("python3", false)
+        .args([
+            "-c",
+            &format!(
+                r#"
+import ctypes, os, socket, threading, time
+LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+assert LIBC.setns(os.open("{host}", os.O_RDONLY), CLONE_NEWNET) == 0
+held = []
+def enter_and_connect(port):
+    assert LIBC.setns(os.open("{netns}", os.O_RDONLY), CLONE_NEWNET) == 0
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 4444)); s.connect(("127.0.0.2", port)); held.append(s)
+for port in range(6000, 6020):
+    t = threading.Thread(target=enter_and_connect, args=(port,)); t.start(); t.join()
+print("held", flush=True)
+time.sleep(60)
+"#
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(outsider.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    // Every duplicate of theirs is refused inside, at once.
+    let got = sb.py(r#"
+        out(set(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", p)) for p in range(6000, 6020)))
+        "#);
+    let _ = outsider.kill();
+    let _ = outsider.wait();
+    assert_eq!(got, ["{'EPERM'}"]);
 }
 
 #[test]
@@ -111,29 +166,27 @@ fn the_fast_path_turns_itself_off_when_the_agent_dies() {
 
 #[test]
 fn a_claim_dropped_for_room_turns_the_fast_path_off_in_its_namespace() {
-    use udpguard_common::CLAIM_WAYS;
     let sb = Sandbox::new("fast-evict");
-    let _agent = Agent::start(&sb);
+    // The smallest tables: two buckets of seven claims.
+    let _agent = Agent::start_with(&sb, &["--max-sockets", "7"]);
     sb.py(REPORT);
     wait_fast_path(&sb, true);
-    let ports = common::ports_in_one_bucket(&sb, CLAIM_WAYS + 1);
     let before = sb.counter("indexed");
-    // Eight held tuples fill a bucket; once their claims are stale (10 ms), a ninth tuple
-    // evicts one of them. That holder's tuple is no longer indexed: a newcomer to it must be
-    // refused by the full lookup, and so must the others (by their claims or the lookup).
-    let got = sb.py(&format!(
-        r#"
-        ports = {ports:?}
+    // Fourteen held tuples fill the table; once their claims are stale (10 ms), a fifteenth
+    // tuple evicts one of them. That holder's tuple is no longer indexed: a newcomer to it
+    // must be refused by the full lookup, and so must the others (by their claims or the
+    // lookup).
+    let got = sb.py(r#"
+        ports = [3000 + i for i in range(15)]
         held = [udp(bind=("127.0.0.1", 4444)) for _ in ports[:-1]]
         out(set(conn(s, ("127.0.0.2", p)) for s, p in zip(held, ports)))
         time.sleep(0.1)
         out(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", ports[-1])))
         out(set(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", p)) for p in ports[:-1]))
-        "#
-    ));
+        "#);
     assert_eq!(got, ["{'ok'}", "ok", "{'EPERM'}"]);
-    // The nine went by the index; the newcomers, after the eviction, by the full lookup
+    // The fifteen went by the index; the newcomers, after the eviction, by the full lookup
     // (the agent cannot vouch again within a second: it seeds with a 1 s margin).
-    assert_eq!(sb.counter("indexed") - before, 9, "{}", sb.status());
-    assert_eq!(sb.counter("rejected"), 8);
+    assert_eq!(sb.counter("indexed") - before, 15, "{}", sb.status());
+    assert_eq!(sb.counter("rejected"), 14);
 }

@@ -334,7 +334,7 @@ fn an_attachment_from_another_build_is_replaced() {
     let mut args = vec!["map", "update", "pinned"];
     let meta = format!("{dir}/meta");
     args.extend([meta.as_str(), "key", "0", "0", "0", "0", "value"]);
-    let zeros = vec!["0"; 56];
+    let zeros = vec!["0"; size_of::<udpguard_common::AttachMeta>()];
     args.extend(zeros.iter().copied());
     assert!(
         std::process::Command::new("bpftool")
@@ -396,7 +396,7 @@ fn wildcard_and_autobound_sockets_are_counted_not_checked() {
     sb.attach(&[]);
     let got = sb.py(r#"
         a = udp(bind=("0.0.0.0", 4444)); out(conn(a, P))
-        b = udp(bind=("::", 4445), family=6); out(conn(b, ("::1", 1111)))
+        b = udp(bind=("::", 4445), family=6); out(conn(b, ("fd00::2", 1111)))
         c = udp(); out(conn(c, P))
         d = udp(bind=("fd00::1", 4446), family=6); out(conn(d, ("::ffff:127.0.0.1", 1111)))
         "#);

@@ -129,23 +129,25 @@ fn claims_track_the_tuples_sockets_hold() {
 }
 
 #[test]
-fn a_full_claim_bucket_refuses_nobody_and_the_lookup_still_refuses_duplicates() {
-    use udpguard_common::CLAIM_WAYS;
-    let sb = Sandbox::new("fullbucket");
-    sb.attach(&[]);
-    // Nine peers whose tuples from 127.0.0.1:4444 share one claim bucket in this namespace.
-    let ports = common::ports_in_one_bucket(&sb, CLAIM_WAYS + 1);
-    let got = sb.py(&format!(
-        r#"
-        ports = {ports:?}
+fn a_full_claim_table_refuses_nobody_and_the_lookup_still_refuses_duplicates() {
+    let sb = Sandbox::new("fulltable");
+    // The smallest tables: two buckets of seven claims.
+    sb.attach(&["--max-sockets", "7"]);
+    assert_eq!(
+        sb.status()["attachments"][0]["tables"]["claim_capacity"],
+        14
+    );
+    let got = sb.py(r#"
+        ports = [3000 + i for i in range(15)]
         held = [udp(bind=("127.0.0.1", 4444)) for _ in ports]
         out(set(conn(s, ("127.0.0.2", p)) for s, p in zip(held, ports)))
         out(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", ports[0])))
         out(conn(udp(bind=("127.0.0.1", 4444)), ("127.0.0.2", ports[-1])))
-        "#
-    ));
-    // The ninth fresh claim finds no room: let through, unrecorded. Duplicates of the first
-    // and of the unrecorded ninth are still refused: the kernel's lookup finds their holders.
+        "#);
+    // The fifteenth fresh claim finds no room: let through, unrecorded. Duplicates of the
+    // first and of the unrecorded fifteenth are still refused: the kernel's lookup finds
+    // their holders.
     assert_eq!(got, ["{'ok'}", "EPERM", "EPERM"]);
     assert_eq!(sb.counter("rejected"), 2);
+    assert_eq!(sb.counter("unrecorded"), 1);
 }

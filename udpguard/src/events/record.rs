@@ -274,6 +274,9 @@ mod tests {
             action: action::REJECTED,
             errno: 1,
             sock_cookie: 12,
+            uid_gid: (1000 << 32) | 1001,
+            cause: 0,
+            device: 0,
         }
     }
 

@@ -9,7 +9,7 @@ use aya::maps::{
 use udpguard_common::{AgentState, Route4, Route6, route_key4, route_key6};
 
 use super::model::Prefix;
-use crate::attachment::{AGENT_PIN, NETNS_PIN, ROUTES4_PIN, ROUTES6_PIN};
+use udpguard_common::{map_names, names::pin_of};
 
 /// What the mirror predicts for one prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +29,8 @@ pub struct RouteMaps {
 
 impl RouteMaps {
     pub fn open(dir: &Path) -> anyhow::Result<RouteMaps> {
-        let open = |pin: &str| {
+        let open = |map: &str| {
+            let pin = pin_of(map);
             MapData::from_pin(dir.join(pin)).with_context(|| {
                 format!(
                     "opening {}/{pin} (attached by an older udpguard? attach again)",
@@ -38,10 +39,10 @@ impl RouteMaps {
             })
         };
         Ok(RouteMaps {
-            routes4: LpmTrie::try_from(Map::LpmTrie(open(ROUTES4_PIN)?))?,
-            routes6: LpmTrie::try_from(Map::LpmTrie(open(ROUTES6_PIN)?))?,
-            netns: HashMap::try_from(Map::HashMap(open(NETNS_PIN)?))?,
-            agent: Array::try_from(Map::Array(open(AGENT_PIN)?))?,
+            routes4: LpmTrie::try_from(Map::LpmTrie(open(map_names::ROUTES4)?))?,
+            routes6: LpmTrie::try_from(Map::LpmTrie(open(map_names::ROUTES6)?))?,
+            netns: HashMap::try_from(Map::HashMap(open(map_names::NETNS)?))?,
+            agent: Array::try_from(Map::Array(open(map_names::AGENT)?))?,
         })
     }
 

@@ -5,7 +5,6 @@ use std::{
     collections::{BTreeSet, HashMap},
     fs::File,
     net::IpAddr,
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -21,7 +20,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, AddressScope},
     route::{RouteAttribute, RouteType},
 };
-use udpguard_common::{NetnsEvent, netns_state};
+use udpguard_common::{NetnsEvent, map_names, netns_state};
 
 use super::{
     maps::{Prediction, RouteMaps},
@@ -29,9 +28,10 @@ use super::{
     namespace,
 };
 use crate::{
-    attachment::NETNS_EVENTS_PIN,
+    attachment::{Attachment, map_pin},
     fastpath::{self, FastPathMaps},
     rtnl::Rtnl,
+    watch::Coverage,
 };
 
 /// How often the heartbeat is renewed (the kernel trusts it for `AGENT_TIMEOUT_NS`, 3 s).
@@ -42,8 +42,7 @@ const TICK: Duration = Duration::from_millis(100);
 const SETTLE: Duration = Duration::from_millis(30);
 /// How often a watcher checks that its namespace still has a process or a bind mount.
 const LIVENESS_EVERY: u32 = 50;
-/// How often a watcher re-checks its namespace's fast path (every process inside the guarded
-/// cgroup; seeded), in ticks.
+/// How often a watcher renews, sweeps or seeds its namespace's fast path, in ticks.
 const FAST_PATH_EVERY: u32 = 10;
 
 type Shared = Arc<Mutex<RouteMaps>>;
@@ -52,10 +51,20 @@ type Shared = Arc<Mutex<RouteMaps>>;
 #[derive(Clone)]
 struct Context {
     maps: Shared,
-    fast: Arc<Mutex<FastPathMaps>>,
+    /// The fast path's maps (None without claims: a kernel without 64-bit BPF atomics).
+    fast: Option<Arc<Mutex<FastPathMaps>>>,
     stop: Arc<AtomicBool>,
-    /// The guarded cgroup: the fast path needs every process of a namespace inside it.
-    guarded: Arc<std::path::PathBuf>,
+    /// Whether every connect in the guarded namespaces is seen (see `crate::watch`).
+    coverage: Arc<Coverage>,
+}
+
+impl Context {
+    /// Turns the fast path off in one namespace.
+    fn withdraw(&self, cookie: u64) {
+        if let Some(fast) = &self.fast {
+            fast.lock().unwrap().withdraw(cookie);
+        }
+    }
 }
 
 /// A running mirror; [`RouteMirror::stop`] ends it and tells the kernel at once.
@@ -69,25 +78,31 @@ pub struct RouteMirror {
 type Watchers = Arc<Mutex<HashMap<(u64, u64), (u64, Arc<AtomicU32>, JoinHandle<()>)>>>;
 
 impl RouteMirror {
-    /// Starts mirroring for the attachment to `guarded` pinned in `dir`: the agent's own
-    /// namespace at once, others when the kernel reports them.
-    pub fn start(dir: &Path, guarded: &Path) -> anyhow::Result<RouteMirror> {
-        let mut fast = FastPathMaps::open(dir)?;
-        fast.withdraw_all();
+    /// Starts mirroring for the attachment (and keeping its fast path, where `coverage`
+    /// allows): the agent's own namespace at once, others when the kernel reports them.
+    pub fn start(attachment: &Attachment, coverage: Arc<Coverage>) -> anyhow::Result<RouteMirror> {
+        let dir = &attachment.dir;
+        let fast = if attachment.features().claims() {
+            let mut fast = FastPathMaps::open(attachment)?;
+            fast.withdraw_all();
+            Some(Arc::new(Mutex::new(fast)))
+        } else {
+            None
+        };
         let mut maps = RouteMaps::open(dir)?;
         // Start clean: every namespace is reported again on its next wildcard connect.
         maps.forget_all();
         maps.clear_routes();
         maps.set_heartbeat(crate::clock::monotonic_ns())?;
-        let reports = MapData::from_pin(dir.join(NETNS_EVENTS_PIN))
+        let reports = MapData::from_pin(map_pin(dir, map_names::NETNS_EVENTS))
             .context("opening the namespace reports")?;
         let mut reports = RingBuf::try_from(Map::RingBuf(reports))?;
 
         let context = Context {
             maps: Arc::new(Mutex::new(maps)),
-            fast: Arc::new(Mutex::new(fast)),
+            fast,
             stop: Arc::new(AtomicBool::new(false)),
-            guarded: Arc::new(guarded.to_path_buf()),
+            coverage,
         };
         let mirror = RouteMirror {
             context: context.clone(),
@@ -132,7 +147,9 @@ impl RouteMirror {
     /// Stops every thread and tells the kernel the data is no longer kept current.
     pub fn stop(self) {
         self.context.stop.store(true, Ordering::Relaxed);
-        self.context.fast.lock().unwrap().withdraw_all();
+        if let Some(fast) = &self.context.fast {
+            fast.lock().unwrap().withdraw_all();
+        }
         let _ = self.context.maps.lock().unwrap().set_heartbeat(0);
         for thread in self.threads {
             let _ = thread.join();
@@ -220,7 +237,7 @@ fn watch(
         let _ = cookie_tx.send(Some(cookie));
         if let Err(e) = mirror_namespace(&context_, &state_, cookie, identity) {
             tracing::warn!("route mirror for netns cookie {cookie} stopped: {e:#}");
-            context_.fast.lock().unwrap().withdraw(cookie);
+            context_.withdraw(cookie);
             context_.maps.lock().unwrap().forget(cookie);
         }
     });
@@ -272,11 +289,15 @@ fn mirror_namespace(
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            if quiet_ticks % FAST_PATH_EVERY == 0 {
-                let on = fastpath::refresh(&context.fast, cookie, identity, &context.guarded);
+            if let Some(fast) = context
+                .fast
+                .as_ref()
+                .filter(|_| quiet_ticks % FAST_PATH_EVERY == 0)
+            {
+                let on = fastpath::refresh(fast, cookie, identity, &context.coverage);
                 if let Err(e) = on {
                     tracing::warn!("netns {cookie}: fast path off: {e:#}");
-                    context.fast.lock().unwrap().withdraw(cookie);
+                    context.withdraw(cookie);
                 }
             }
             if changes.wait()? {
@@ -286,7 +307,7 @@ fn mirror_namespace(
             }
             quiet_ticks += 1;
             if quiet_ticks % LIVENESS_EVERY == 0 && !namespace::in_use(identity) {
-                context.fast.lock().unwrap().withdraw(cookie);
+                context.withdraw(cookie);
                 let mut maps = maps.lock().unwrap();
                 maps.write(cookie, &[], &written)?;
                 maps.forget(cookie);

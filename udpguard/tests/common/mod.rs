@@ -143,9 +143,16 @@ pub struct Agent(Child);
 impl Agent {
     /// Starts the agent and waits until its route mirror runs.
     pub fn start(sb: &Sandbox) -> Agent {
+        Agent::start_with(sb, &[])
+    }
+
+    /// Starts the agent with more options (`run` takes `attach`'s).
+    pub fn start_with(sb: &Sandbox, extra: &[&str]) -> Agent {
         let mut child = sb
             .udpguard_command()
             .args(["run", "--cgroup", sb.cgroup.to_str().unwrap()])
+            .args(["--watch-cgroup", sb.scope.to_str().unwrap()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -154,9 +161,20 @@ impl Agent {
         let agent = Agent(child);
         for line in lines.by_ref() {
             let line = line.unwrap();
+            if std::env::var_os("UDPGUARD_TEST_LOG").is_some() {
+                eprintln!("agent: {line}");
+            }
             if line.contains("mirroring routes") {
-                // Keep draining stderr so the agent never blocks on a full pipe.
-                std::thread::spawn(move || lines.for_each(drop));
+                // Keep draining stderr so the agent never blocks on a full pipe (shown with
+                // UDPGUARD_TEST_LOG set).
+                let show = std::env::var_os("UDPGUARD_TEST_LOG").is_some();
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        if show {
+                            eprintln!("agent: {line}");
+                        }
+                    }
+                });
                 return agent;
             }
             assert!(!line.contains("ERROR"), "udpguard run failed: {line}");
@@ -214,34 +232,6 @@ impl Drop for Holder {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `n` peer ports whose tuples 127.0.0.1:4444 -> 127.0.0.2:port share one claim bucket in
-/// the sandbox's network namespace.
-pub fn ports_in_one_bucket(sb: &Sandbox, n: usize) -> Vec<u16> {
-    use udpguard_common::{ClaimKey, claim_bucket};
-    let netns_cookie: u64 = sb.py(r#"
-        s = udp()
-        out(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little"))  # SO_NETNS_COOKIE
-        "#)[0]
-        .parse()
-        .unwrap();
-    let key = |port: u16| ClaimKey {
-        netns_cookie,
-        local_addr: [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0],
-        peer_addr: [u32::from_ne_bytes([127, 0, 0, 2]), 0, 0, 0],
-        local_port: 4444u16.to_be(),
-        peer_port: port.to_be(),
-        family: 4,
-    };
-    let mut by_bucket = std::collections::HashMap::<u32, Vec<u16>>::new();
-    (1024..=u16::MAX)
-        .find_map(|port| {
-            let same = by_bucket.entry(claim_bucket(key(port).tag())).or_default();
-            same.push(port);
-            (same.len() == n).then(|| same.clone())
-        })
-        .expect("ports sharing a bucket")
 }
 
 /// Removes the indentation common to all non-blank lines (scenarios are indented in Rust).
