@@ -138,11 +138,28 @@ pub struct ClaimBucket {
     pub slots: [ClaimSlot; CLAIM_WAYS],
 }
 
-/// True when two sockets bound to these devices can receive the same datagrams: one of them
-/// is bound to none, or both to the same (or to one the hook cannot know).
+/// Whether two sockets bound to these devices receive the same datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Devices {
+    /// One is bound to none, or both to the same: they do.
+    Overlap,
+    /// Both are bound, to different devices: each gets its own device's.
+    Apart,
+    /// One device is a link-local peer's scope, which the hook cannot read.
+    Unknown,
+}
+
 #[inline(always)]
-pub const fn devices_overlap(a: u32, b: u32) -> bool {
-    a == 0 || b == 0 || a == b || a == DEVICE_UNKNOWN || b == DEVICE_UNKNOWN
+pub const fn devices(a: u32, b: u32) -> Devices {
+    if a == 0 || b == 0 {
+        Devices::Overlap
+    } else if a == DEVICE_UNKNOWN || b == DEVICE_UNKNOWN {
+        Devices::Unknown
+    } else if a == b {
+        Devices::Overlap
+    } else {
+        Devices::Apart
+    }
 }
 
 /// What another socket's claim on the tuple means for a connecting socket.
@@ -161,8 +178,10 @@ pub enum Contest {
     TakeOver { blind: bool },
     /// The claimant is bound to another device than the caller: each gets its own device's
     /// datagrams, no conflict. The caller goes ahead without a claim of its own (one tuple has
-    /// one claim), so the claims no longer index every holder of the tuple.
-    Coexist,
+    /// one claim), so the claims no longer index every holder of the tuple. `blind` when one
+    /// device is a link-local peer's scope the hook cannot read: they may be the same, and the
+    /// connect is not checked (rather than refused on a guess).
+    Coexist { blind: bool },
 }
 
 /// What the connecting socket brings to a contest.
@@ -194,9 +213,12 @@ pub fn contest(
         return Contest::Lost;
     }
     let device_bound = seen.device != 0;
-    // Bound to two different devices: the kernel gives each its own device's datagrams.
-    if device_bound && !devices_overlap(seen.device, me.device) {
-        return Contest::Coexist;
+    match devices(seen.device, me.device) {
+        // Bound to two different devices: the kernel gives each its own device's datagrams.
+        Devices::Apart => return Contest::Coexist { blind: false },
+        // Perhaps the same device, perhaps not: never refused on a guess.
+        Devices::Unknown => return Contest::Coexist { blind: true },
+        Devices::Overlap => {}
     }
     // A fresh claim and a socket born before it: it may be racing the claimant, which is
     // between its hook and the kernel hashing it.
@@ -330,11 +352,12 @@ mod tests {
         );
         assert_eq!(
             contest(&seen, &on(DEVICE_UNKNOWN), FRESH_NS, || false),
-            Contest::HeldByDevice
+            Contest::Coexist { blind: true },
+            "a link-local peer's scope is unknown: not refused on a guess"
         );
         assert_eq!(
             contest(&seen, &on(4), FRESH_NS, || false),
-            Contest::Coexist,
+            Contest::Coexist { blind: false },
             "another device: each socket gets its own device's datagrams"
         );
         let racing = ClaimSlot {
@@ -343,7 +366,7 @@ mod tests {
         };
         assert_eq!(
             contest(&racing, &on(4), FRESH_NS, || false),
-            Contest::Coexist
+            Contest::Coexist { blind: false }
         );
         let older = Claimant {
             born: 0,
@@ -361,9 +384,12 @@ mod tests {
 
     #[test]
     fn devices_overlap_unless_both_are_known_and_different() {
-        assert!(devices_overlap(0, 0) && devices_overlap(0, 5) && devices_overlap(5, 0));
-        assert!(devices_overlap(5, 5) && devices_overlap(DEVICE_UNKNOWN, 5));
-        assert!(!devices_overlap(5, 6));
+        for (a, b) in [(0, 0), (0, 5), (5, 0), (5, 5), (0, DEVICE_UNKNOWN)] {
+            assert_eq!(devices(a, b), Devices::Overlap, "{a} {b}");
+        }
+        assert_eq!(devices(5, 6), Devices::Apart);
+        assert_eq!(devices(DEVICE_UNKNOWN, 5), Devices::Unknown);
+        assert_eq!(devices(DEVICE_UNKNOWN, DEVICE_UNKNOWN), Devices::Unknown);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use udpguard_common::{
-    CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SocketRecord,
+    CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER, SocketRecord,
     claims::{
         Claimant, Contest, WRITING, claim_flags, claim_ref, contest, primary_bucket, spill_bucket,
         way_of_ref,
@@ -80,8 +80,9 @@ pub enum Claimed {
     Held,
     /// A device-bound socket's claim stands for its holder (the lookup cannot see it).
     HeldByDevice,
-    /// A claim of another device's socket: no conflict, and no claim of the caller's.
-    Coexist,
+    /// A claim of another device's socket: no conflict, and no claim of the caller's; `blind`
+    /// when the devices could not be told apart (not checked).
+    Coexist { blind: bool },
     /// No claim could be recorded: nobody else claims the tuple, but the claims will not know
     /// this socket holds it.
     Unrecorded,
@@ -170,12 +171,16 @@ impl Found {
 
 /// Claims `key` for the connecting socket, bound to `device` (see `ClaimSlot::device`).
 /// `held` (the kernel's lookup) is asked only when a claim is there already. On success the
-/// socket's previous claim (if it held another tuple) is released: it is moving away from it.
+/// socket's previous claim (if it held another tuple) is let go: it is moving away from it.
+/// Where the claims index the namespace (`indexed`) that claim is kept, unowned and old, in
+/// case the connect fails after this hook and the socket stays where it was: it refuses nobody
+/// by itself, and the agent's sweep removes it once no socket holds its tuple.
 #[inline(always)]
 pub fn claim(
     ctx: &SockAddrContext,
     key: &ClaimKey,
     device: u32,
+    indexed: bool,
     held: impl FnOnce() -> bool,
 ) -> Claimed {
     // SAFETY: plain helper calls on the program's own context.
@@ -224,14 +229,14 @@ pub fn claim(
             Contest::Held => Claimed::Held,
             Contest::HeldByDevice => Claimed::HeldByDevice,
             Contest::Lost => Claimed::Lost,
-            Contest::Coexist => {
+            Contest::Coexist { blind } => {
                 fastpath::note_unindexed(key.netns_cookie);
-                Claimed::Coexist
+                Claimed::Coexist { blind }
             }
             Contest::TakeOver { blind } => {
                 match take_over(found.bucket, found.way, &found.copy, tag, &mine, now) {
                     Some(order) => {
-                        remember(record, found.bucket, found.way, order, &mine);
+                        remember(record, found.bucket, found.way, order, &mine, indexed);
                         Claimed::TakenOver { blind }
                     }
                     None => Claimed::Lost, // another newcomer took it first
@@ -264,7 +269,7 @@ pub fn claim(
             free(room.bucket, room.way);
             return Claimed::Lost;
         }
-        remember(record, room.bucket, room.way, order, &mine);
+        remember(record, room.bucket, room.way, order, &mine, indexed);
         return Claimed::Ours { recorded };
     }
     fastpath::note_unindexed(key.netns_cookie);
@@ -517,9 +522,17 @@ fn free(bucket: Bucket, way: usize) {
     }
 }
 
-/// Notes in the socket's record where its claim is, releasing the one it held before.
+/// Notes in the socket's record where its claim is, letting go of the one it held before
+/// (released, or kept unowned where `indexed`: see [`claim`]).
 #[inline(always)]
-fn remember(record: *mut SocketRecord, bucket: Bucket, way: usize, order: u64, mine: &ClaimSlot) {
+fn remember(
+    record: *mut SocketRecord,
+    bucket: Bucket,
+    way: usize,
+    order: u64,
+    mine: &ClaimSlot,
+    indexed: bool,
+) {
     if record.is_null() {
         return;
     }
@@ -535,8 +548,38 @@ fn remember(record: *mut SocketRecord, bucket: Bucket, way: usize, order: u64, m
             0
         };
         if previous != 0 && previous != claim {
-            release(previous, previous_order, mine.owner);
+            if indexed {
+                disown(previous, previous_order, mine.owner);
+            } else {
+                release(previous, previous_order, mine.owner);
+            }
         }
+    }
+}
+
+/// Turns a claim (`claim` as a record holds it) into an unowned old one, as a seeded claim is,
+/// unless another socket has taken it over.
+#[inline(always)]
+fn disown(claim: u32, order: u64, owner: u64) {
+    let (index, way) = way_of_ref(claim);
+    let Some(bucket) = Bucket::at(index) else {
+        return;
+    };
+    let slot = bucket.slot(way);
+    // SAFETY: a pointer into the table; the swap of its order makes the way ours.
+    unsafe {
+        let order_word = &raw mut (*slot).order;
+        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order_word, order, WRITING).1 {
+            return;
+        }
+        if ptr::read_volatile(&(*slot).owner) != owner {
+            atomic_xchg::<u64, { SeqCst }>(order_word, order);
+            return;
+        }
+        ptr::write_volatile(&raw mut (*slot).owner, 0);
+        // Unrecorded now: a device-bound one no longer stands for a holder by itself.
+        ptr::write_volatile(&raw mut (*slot).flags, 0);
+        atomic_xchg::<u64, { SeqCst }>(order_word, SEEDED_ORDER);
     }
 }
 

@@ -267,7 +267,7 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
             // claims it; a racer may be about to. The first claim wins.
             // SAFETY: as in `decide`.
             let held = || indexed && unsafe { held_by_another(ctx.sock_addr, &tuple) };
-            match claims::claim(ctx, &tuple.key(netns), device, held) {
+            match claims::claim(ctx, &tuple.key(netns), device, indexed, held) {
                 claims::Claimed::Ours { recorded } => {
                     count(checked);
                     if indexed {
@@ -283,8 +283,8 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
                     count(if blind { Counter::DeviceBound } else { checked });
                     ALLOW
                 }
-                claims::Claimed::Coexist => {
-                    count(checked);
+                claims::Claimed::Coexist { blind } => {
+                    count(if blind { Counter::DeviceBound } else { checked });
                     ALLOW
                 }
                 claims::Claimed::Unrecorded => {

@@ -3,6 +3,7 @@
 //! it is a look at shared memory, and the agent seeds it with the same compare-and-swap steps
 //! the programs take, so a seed never tears a program's claim.
 use std::{
+    collections::HashSet,
     mem::offset_of,
     sync::atomic::{AtomicU64, Ordering::SeqCst},
 };
@@ -119,19 +120,24 @@ impl ClaimTable {
         Ok(Seeded::NoRoom)
     }
 
-    /// Frees a seeded claim of the tuple once its socket is gone (a program's claim, or one a
-    /// program has taken over, is left alone).
-    pub fn unseed(&self, key: &ClaimKey) -> anyhow::Result<()> {
+    /// Frees the unowned old claims (seeded from a dump, or let go by a socket that moved) of
+    /// namespace `netns_cookie` whose tuples no socket holds any more (`held`: their tags, from
+    /// a dump taken after they were made). A program's claim, or one a program has taken over
+    /// meanwhile, is left alone. Returns how many were freed.
+    pub fn sweep(&self, netns_cookie: u64, held: &HashSet<u64>) -> anyhow::Result<usize> {
         self.map.ensure_writable()?;
-        let tag = key.tag();
-        let primary = primary_bucket(tag, self.mask());
-        let spill = spill_bucket(tag, self.mask());
-        for bucket in [primary, spill] {
+        let mut freed = 0;
+        for bucket in 0..self.buckets {
             for way in 0..CLAIM_WAYS {
-                if self.tag(bucket, way).load(SeqCst) != tag {
+                let tag = self.tag(bucket, way).load(SeqCst);
+                let field = |offset| self.word(bucket, way, offset);
+                if tag == 0
+                    || held.contains(&tag)
+                    || field(offset_of!(ClaimSlot, order)).load(SeqCst) != SEEDED_ORDER
+                    || field(offset_of!(ClaimSlot, netns_cookie)).load(SeqCst) != netns_cookie
+                {
                     continue;
                 }
-                let field = |offset| self.word(bucket, way, offset);
                 // Won like a program takes a claim over: its order swapped for WRITING.
                 let order = field(offset_of!(ClaimSlot, order));
                 if order
@@ -140,19 +146,23 @@ impl ClaimTable {
                 {
                     continue;
                 }
-                if field(offset_of!(ClaimSlot, owner)).load(SeqCst) != 0 {
+                if field(offset_of!(ClaimSlot, owner)).load(SeqCst) != 0
+                    || self.tag(bucket, way).load(SeqCst) != tag
+                {
                     order.store(SEEDED_ORDER, SeqCst);
                     continue;
                 }
                 field(offset_of!(ClaimSlot, netns_cookie)).store(0, SeqCst);
                 field(offset_of!(ClaimSlot, device)).store(0, SeqCst);
                 self.tag(bucket, way).store(0, SeqCst);
+                let primary = primary_bucket(tag, self.mask());
                 if bucket != primary {
                     self.spilled(primary).fetch_sub(1, SeqCst);
                 }
+                freed += 1;
             }
         }
-        Ok(())
+        Ok(freed)
     }
 
     fn free_way(&self, bucket: u32) -> Option<(u32, usize)> {

@@ -30,9 +30,14 @@ use crate::{
 /// hold it, is noted after the seeding time and keeps the fast path off.
 const IN_FLIGHT_MARGIN_SECS: u64 = 1;
 
-/// How often seeded claims of sockets that have closed since are cleared (sockets the programs
-/// did not see born release no claim on close).
+/// How often the agent dumps a namespace that has the fast path: to check that the claims hold
+/// every held tuple, and to clear unowned claims (seeded ones, whose sockets the programs did
+/// not see born and so release nothing on close, and ones let go by a socket that moved)
+/// whose tuples nobody holds any more.
 const SEED_SWEEP: Duration = Duration::from_secs(10);
+
+/// How long after a seeding that could not turn the fast path on the agent tries again.
+const SEED_RETRY: Duration = Duration::from_secs(30);
 
 /// The `NAMESPACES` array, mapped: the agent's word per namespace slot, and the programs'
 /// notes of unindexed connects.
@@ -146,8 +151,11 @@ impl NamespaceTable {
 pub struct FastPathMaps {
     namespaces: NamespaceTable,
     claims: ClaimTable,
-    /// Per namespace: the tuples seeded and still held at the last sweep, and when that was.
-    seeded: StdHashMap<u64, (Instant, HashSet<ClaimKey>)>,
+    /// Per namespace with the fast path: when it was last dumped.
+    swept: StdHashMap<u64, Instant>,
+    /// Per namespace whose seeding could not turn the fast path on (no room, its slot
+    /// taken): not before when to try again, rather than dump it every second.
+    retry: StdHashMap<u64, Instant>,
 }
 
 impl FastPathMaps {
@@ -157,7 +165,8 @@ impl FastPathMaps {
         Ok(FastPathMaps {
             namespaces: NamespaceTable::open(&attachment.dir, true)?,
             claims: attachment.claim_table(true)?,
-            seeded: StdHashMap::new(),
+            swept: StdHashMap::new(),
+            retry: StdHashMap::new(),
         })
     }
 
@@ -184,24 +193,22 @@ impl FastPathMaps {
         self.namespaces.is_on(netns_cookie)
     }
 
-    /// True when the namespace has seeded claims and the last sweep is [`SEED_SWEEP`] ago.
+    /// True when the namespace's last dump is [`SEED_SWEEP`] ago.
     fn sweep_due(&self, netns_cookie: u64) -> bool {
-        self.seeded
+        self.swept
             .get(&netns_cookie)
-            .is_some_and(|(swept, seeded)| !seeded.is_empty() && swept.elapsed() >= SEED_SWEEP)
+            .is_none_or(|swept| swept.elapsed() >= SEED_SWEEP)
     }
 
-    /// Clears the seeded claims of tuples no socket in the namespace holds any more (`held`:
-    /// a dump taken after the seeding).
-    fn sweep(&mut self, netns_cookie: u64, held: &HashSet<ClaimKey>) -> anyhow::Result<()> {
-        let Some((swept, seeded)) = self.seeded.get_mut(&netns_cookie) else {
-            return Ok(());
-        };
-        for key in seeded.difference(held) {
-            self.claims.unseed(key)?;
+    /// Clears the unowned claims of tuples no socket in the namespace holds any more (`held`:
+    /// a dump taken after they were made).
+    fn sweep(&mut self, netns_cookie: u64, held: &StdHashMap<ClaimKey, u32>) -> anyhow::Result<()> {
+        let tags: HashSet<u64> = held.keys().map(ClaimKey::tag).collect();
+        let freed = self.claims.sweep(netns_cookie, &tags)?;
+        if freed > 0 {
+            tracing::debug!("netns {netns_cookie}: {freed} claims of closed sockets cleared");
         }
-        seeded.retain(|key| held.contains(key));
-        *swept = Instant::now();
+        self.swept.insert(netns_cookie, Instant::now());
         Ok(())
     }
 }
@@ -262,9 +269,18 @@ pub fn refresh(
                 maps.withdraw(netns_cookie);
                 return Ok(false);
             }
-            maps.sweep(netns_cookie, &held.into_keys().collect())?;
+            maps.sweep(netns_cookie, &held)?;
         }
         return Ok(true);
+    }
+    if maps
+        .lock()
+        .unwrap()
+        .retry
+        .get(&netns_cookie)
+        .is_some_and(|at| Instant::now() < *at)
+    {
+        return Ok(false);
     }
     if !coverage.covers(netns) {
         return Ok(false);
@@ -274,27 +290,29 @@ pub fn refresh(
     let since = clock::jiffies()?.saturating_sub(clock::ticks(IN_FLIGHT_MARGIN_SECS));
     let held = held_tuples(netns_cookie)?;
     let mut maps = maps.lock().unwrap();
-    // Added to what earlier seedings left, so the sweep clears those too once they close.
-    let mut seeded = maps
-        .seeded
-        .remove(&netns_cookie)
-        .map_or_else(HashSet::new, |(_, seeded)| seeded);
     let mut full = false;
     for (key, device) in &held {
-        match maps.claims.seed(key, *device)? {
-            Seeded::Indexed => _ = seeded.insert(*key),
-            Seeded::NoRoom => full = true,
+        if maps.claims.seed(key, *device)? == Seeded::NoRoom {
+            full = true;
         }
     }
-    maps.seeded.insert(netns_cookie, (Instant::now(), seeded));
+    maps.swept.insert(netns_cookie, Instant::now());
     if full {
-        tracing::debug!("netns {netns_cookie}: a claim bucket is full, fast path stays off");
+        tracing::info!(
+            "netns {netns_cookie}: the claim table has no room for its {} connected sockets \
+             (raise --max-sockets); fast path off, tried again in {}s",
+            held.len(),
+            SEED_RETRY.as_secs()
+        );
+        maps.retry.insert(netns_cookie, Instant::now() + SEED_RETRY);
         return Ok(false);
     }
     if !maps.namespaces.vouch(netns_cookie, since)? {
         tracing::debug!("netns {netns_cookie}: its slot is another namespace's, fast path off");
+        maps.retry.insert(netns_cookie, Instant::now() + SEED_RETRY);
         return Ok(false);
     }
+    maps.retry.remove(&netns_cookie);
     tracing::debug!(
         "netns {netns_cookie}: fast path on, {} connected sockets indexed",
         held.len()

@@ -190,3 +190,19 @@ fn a_claim_dropped_for_room_turns_the_fast_path_off_in_its_namespace() {
     assert_eq!(sb.counter("indexed") - before, 15, "{}", sb.status());
     assert_eq!(sb.counter("rejected"), 14);
 }
+
+#[test]
+fn a_socket_whose_reconnect_fails_keeps_its_tuple_indexed() {
+    let sb = Sandbox::new("fast-failed");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    // The hook sees the reconnect before the kernel fails it (no route): the socket stays
+    // connected to its first peer, and that tuple must stay in the index.
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
+        out(conn(a, ("10.99.99.99", 53)), a.getpeername())
+        out(conn(udp(bind=("127.0.0.1", 4444)), P))
+        "#);
+    assert_eq!(got, ["ok", "ENETUNREACH ('127.0.0.1', 1111)", "EPERM"]);
+}

@@ -484,3 +484,145 @@ fn autobind_allow_changes_nothing() {
     assert_eq!(got[1], "1");
     assert_eq!(sb.counter("autobind"), 300);
 }
+
+#[test]
+fn the_unspecified_peer_is_the_host_itself_as_the_kernel_stores_it() {
+    let sb = Sandbox::new("unspecified");
+    sb.attach(&[]);
+    // connect() to 0.0.0.0 connects to the bound address (or from and to 127.0.0.1, bound to
+    // 0.0.0.0); to `::`, to ::1 (127.0.0.1 when bound to a v4-mapped address); to
+    // ::ffff:0.0.0.0, as to 0.0.0.0. The duplicate is of the tuple the kernel stores.
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P))
+        out(conn(udp(bind=("127.0.0.1", 4444)), ("0.0.0.0", 1111)))
+        out(conn(udp(bind=("127.0.0.5", 4444)), ("0.0.0.0", 1111)))
+        w = udp(bind=("0.0.0.0", 4445)); out(conn(w, ("0.0.0.0", 1111)), w.getpeername()[0])
+        out(conn(udp(bind=("0.0.0.0", 4445)), ("0.0.0.0", 1111)))
+        b = udp(bind=("::1", 4444), family=6); out(conn(b, ("::1", 1111)))
+        out(conn(udp(bind=("::1", 4444), family=6), ("::", 1111)))
+        out(conn(udp(bind=("fd00::1", 4444), family=6), ("::", 1111)))
+        M = dict(family=6, v6only=False)
+        out(conn(udp(bind=("::ffff:127.0.0.1", 4444), **M), ("::ffff:0.0.0.0", 1111)))
+        out(conn(udp(bind=("::ffff:127.0.0.1", 4444), **M), ("::", 1111)))
+        out(conn(udp(bind=("::ffff:127.0.0.7", 4444), **M), ("::ffff:0.0.0.0", 1111)))
+        "#);
+    assert_eq!(
+        got,
+        [
+            "ok",
+            "EPERM",
+            "ok",
+            "ok 127.0.0.1",
+            "EPERM",
+            "ok",
+            "EPERM",
+            "ok",
+            "EPERM",
+            "EPERM",
+            "ok"
+        ]
+    );
+    assert_eq!(sb.counter("rejected"), 5);
+}
+
+#[test]
+fn multicast_and_broadcast_ends_are_never_refused() {
+    let sb = Sandbox::new("multicast");
+    sb.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"])
+        .unwrap();
+    sb.attach(&[]);
+    // A group receives every datagram sent to it, in every member; none comes from a group:
+    // two sockets sharing such a tuple starve nobody.
+    let got = sb.py(r#"
+        def pair(local, peer, broadcast=False):
+            a, b = udp(bind=local), udp(bind=local)
+            for s in (a, b):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, int(broadcast))
+            return conn(a, peer), conn(b, peer), a, b
+        kept = []
+        for local, peer, bc in [(("239.1.1.1", 5000), P, False),
+                                (("127.0.0.1", 5001), ("239.2.2.2", 5002), False),
+                                (("127.0.0.1", 5003), ("255.255.255.255", 5004), True),
+                                # The unicast neighbour is still checked.
+                                (("127.0.0.1", 5005), P, False)]:
+            x, y, a, b = pair(local, peer, bc); kept += [a, b]; out(x, y)
+        "#);
+    assert_eq!(got, ["ok ok", "ok ok", "ok ok", "ok EPERM"]);
+    assert_eq!(sb.counter("multicast"), 6);
+}
+
+/// Two veth devices in the sandbox's namespace, `va` and `vb`, each with a route to
+/// 10.9.9.9 (the peer), and the local address 10.9.0.1 on `va`.
+fn two_devices(sb: &Sandbox) {
+    sb.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"])
+        .unwrap();
+    for dev in ["va", "vb"] {
+        sb.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    sb.ip(&["addr", "add", "10.9.0.1/24", "dev", "va"]).unwrap();
+    sb.ip(&["route", "add", "10.9.9.9/32", "dev", "va"])
+        .unwrap();
+    sb.ip(&["route", "add", "10.9.9.9/32", "dev", "vb", "metric", "10"])
+        .unwrap();
+}
+
+#[test]
+fn device_bound_holders_are_seen_through_their_claims() {
+    let sb = Sandbox::new("device");
+    two_devices(&sb);
+    sb.attach(&[]);
+    // The kernel's lookup (from a hook, with no incoming device) cannot see a socket bound to
+    // a device: its claim stands for it until it closes or connects elsewhere.
+    let got = sb.py(r#"
+        Q = ("10.9.9.9", 53)
+        h = udp(bind=("10.9.0.1", 4444), device="va"); out(conn(h, Q))
+        out(conn(udp(bind=("10.9.0.1", 4444)), Q))
+        out(conn(udp(bind=("10.9.0.1", 4444), device="va"), Q))
+        # Another device: each socket gets its own device's datagrams.
+        out(conn(udp(bind=("10.9.0.1", 4444), device="vb"), Q))
+        # An unbound holder, and a device-bound newcomer: the lookup sees the holder.
+        u = udp(bind=("10.9.0.1", 4445)); out(conn(u, Q))
+        out(conn(udp(bind=("10.9.0.1", 4445), device="va"), Q))
+        # Once the device-bound holder closes, or moves away, the tuple is free.
+        h.close()
+        n = udp(bind=("10.9.0.1", 4444), device="va"); out(conn(n, Q))
+        out(conn(n, ("10.9.9.9", 54)))
+        out(conn(udp(bind=("10.9.0.1", 4444), device="va"), Q))
+        "#);
+    assert_eq!(
+        got,
+        [
+            "ok", "EPERM", "EPERM", "ok", "ok", "EPERM", "ok", "ok", "ok"
+        ]
+    );
+    assert_eq!(sb.counter("rejected"), 3);
+}
+
+#[test]
+fn link_local_peers_are_checked_where_the_device_is_known() {
+    let sb = Sandbox::new("linklocal");
+    two_devices(&sb);
+    sb.attach(&[]);
+    // A connect to a link-local peer binds the socket to the peer's scope, which the hook
+    // cannot read: refused where the device is known (bound before), counted as not checked
+    // (device_bound) where it is not.
+    let got = sb.py(r#"
+        va, vb = socket.if_nametoindex("va"), socket.if_nametoindex("vb")
+        six = dict(family=6)
+        h = udp(bind=("fd00::1", 4444), device="va", **six); out(conn(h, ("fe80::99", 53, 0, va)))
+        out(conn(udp(bind=("fd00::1", 4444), device="va", **six), ("fe80::99", 53, 0, va)))
+        out(conn(udp(bind=("fd00::1", 4444), device="vb", **six), ("fe80::99", 53, 0, vb)))
+        # Bound to no device: its device will be the scope, which the hook cannot read.
+        out(conn(udp(bind=("fd00::1", 4444), **six), ("fe80::99", 53, 0, vb)))
+        u = udp(bind=("fd00::1", 4445), **six); out(conn(u, ("fe80::99", 53, 0, va)))
+        out(u.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\0").decode())
+        out(conn(udp(bind=("fd00::1", 4445), device="va", **six), ("fe80::99", 53, 0, va)))
+        "#);
+    // The unknown scopes are let through and counted: refusing them could refuse a peer on
+    // another link, which is another peer. Every device-bound connect that goes ahead counts
+    // as not checked here: without the agent's index a device-bound socket connected before
+    // the attach would be invisible.
+    assert_eq!(got, ["ok", "EPERM", "ok", "ok", "ok", "va", "ok"]);
+    assert_eq!(sb.counter("rejected"), 1);
+    assert_eq!(sb.counter("device_bound"), 5, "{}", sb.status());
+}

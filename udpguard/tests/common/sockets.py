@@ -10,12 +10,15 @@ P = ("127.0.0.1", 1111)  # the usual peer
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def udp(bind=None, family=4, reuseport=False, v6only=None):
-    """A UDP socket with SO_REUSEADDR (what makes the hazard possible), optionally bound."""
+def udp(bind=None, family=4, reuseport=False, v6only=None, device=None):
+    """A UDP socket with SO_REUSEADDR (what makes the hazard possible), optionally bound to a
+    device (SO_BINDTODEVICE) and an address."""
     s = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if device is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
     if v6only is not None:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
     if bind is not None:
