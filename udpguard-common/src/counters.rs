@@ -51,11 +51,14 @@ pub enum Counter {
     /// claims), or a socket whose claim cannot be released on close (no record): the race
     /// protection of that connect is lost, never a legitimate connect.
     Unrecorded = 15,
+    /// An older claim of another tuple dropped to make room (its buckets full): that tuple's
+    /// namespace loses the fast path until the agent seeds it again; nothing is refused.
+    Evicted = 16,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::Checked,
         Counter::Rejected,
         Counter::Audited,
@@ -72,6 +75,7 @@ impl Counter {
         Counter::Multicast,
         Counter::DeviceBound,
         Counter::Unrecorded,
+        Counter::Evicted,
     ];
 
     /// The counter's name in `status` and metrics.
@@ -93,6 +97,7 @@ impl Counter {
             Counter::Multicast => "multicast",
             Counter::DeviceBound => "device_bound",
             Counter::Unrecorded => "unrecorded",
+            Counter::Evicted => "evicted",
         }
     }
 

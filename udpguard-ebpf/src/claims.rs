@@ -257,6 +257,7 @@ pub fn claim(
                     // A claim that may be a held tuple's is gone: its namespace's index is
                     // incomplete.
                     fastpath::note_unindexed(room.copy.slot.netns_cookie);
+                    crate::count(udpguard_common::Counter::Evicted);
                 }
                 won
             }

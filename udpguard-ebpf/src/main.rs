@@ -699,7 +699,7 @@ fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32, why: u3
 }
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(counters) = COUNTERS.get_ptr_mut(0) {
         // SAFETY: a per-CPU slot: no other program touches it while this one runs.
         if let Some(value) = unsafe { (*counters).values.get_mut(counter as usize) } {

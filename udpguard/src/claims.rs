@@ -165,33 +165,6 @@ impl ClaimTable {
         Ok(freed)
     }
 
-    /// The ways of a tuple's two buckets, for debugging.
-    pub fn debug_ways(&self, key: &ClaimKey) -> String {
-        let tag = key.tag();
-        let mut out = String::new();
-        for bucket in [
-            primary_bucket(tag, self.mask()),
-            spill_bucket(tag, self.mask()),
-        ] {
-            out += &format!(
-                "bucket {bucket} spilled {}\n",
-                self.spilled(bucket).load(SeqCst)
-            );
-            for way in 0..CLAIM_WAYS {
-                let f = |o| self.word(bucket, way, o).load(SeqCst);
-                out += &format!(
-                    "  way {way} tag {:#x} order {} owner {} netns {} dev/flags {:#x}\n",
-                    self.tag(bucket, way).load(SeqCst),
-                    f(offset_of!(ClaimSlot, order)),
-                    f(offset_of!(ClaimSlot, owner)),
-                    f(offset_of!(ClaimSlot, netns_cookie)),
-                    f(offset_of!(ClaimSlot, device))
-                );
-            }
-        }
-        out
-    }
-
     fn free_way(&self, bucket: u32) -> Option<(u32, usize)> {
         (0..CLAIM_WAYS)
             .find(|&w| self.tag(bucket, w).load(SeqCst) == 0)
