@@ -40,8 +40,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 /// Changes come in bursts (an address brings its routes): wait this long for the rest.
 const SETTLE: Duration = Duration::from_millis(30);
-/// How often a watcher checks that its namespace still has a process or a bind mount.
-const LIVENESS_EVERY: u32 = 50;
+/// How often the discovery thread looks for watched namespaces that nothing holds any more.
+const LIVENESS: Duration = Duration::from_secs(2);
 /// How often a watcher renews, sweeps or seeds its namespace's fast path, in ticks.
 const FAST_PATH_EVERY: u32 = 10;
 
@@ -74,8 +74,17 @@ pub struct RouteMirror {
     watchers: Watchers,
 }
 
-/// Namespaces being watched, by nsfs identity: their cookie and the state last published.
-type Watchers = Arc<Mutex<HashMap<(u64, u64), (u64, Arc<AtomicU32>, JoinHandle<()>)>>>;
+/// One watched namespace: its cookie, the state last published, its thread, and whether
+/// nothing but us holds it any more (set by the discovery thread's liveness pass).
+struct Watcher {
+    cookie: u64,
+    state: Arc<AtomicU32>,
+    thread: JoinHandle<()>,
+    gone: Arc<AtomicBool>,
+}
+
+/// Namespaces being watched, by nsfs identity.
+type Watchers = Arc<Mutex<HashMap<(u64, u64), Watcher>>>;
 
 impl RouteMirror {
     /// Starts mirroring for the attachment (and keeping its fast path, where `coverage`
@@ -127,16 +136,25 @@ impl RouteMirror {
         });
         let (watchers, shared) = (Arc::clone(&mirror.watchers), context.clone());
         let discovery = std::thread::spawn(move || {
+            let mut looked = std::time::Instant::now();
             while !shared.stop.load(Ordering::Relaxed) {
+                if looked.elapsed() >= LIVENESS {
+                    mark_gone(&watchers);
+                    looked = std::time::Instant::now();
+                }
+                let mut events = Vec::new();
                 while let Some(item) = reports.next() {
                     if item.len() >= size_of::<NetnsEvent>() {
                         // SAFETY: the kernel wrote a NetnsEvent; read it unaligned.
-                        let event: NetnsEvent =
-                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        on_report(&watchers, &shared, event);
+                        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
                     }
                 }
-                std::thread::sleep(TICK);
+                for event in events {
+                    on_report(&watchers, &shared, event);
+                }
+                // Woken by the kernel's next report (a namespace is loaded within moments of
+                // its first connect), or after a tick to look at the stop flag.
+                wait_readable(&reports, TICK);
             }
         });
         let mut mirror = mirror;
@@ -155,13 +173,42 @@ impl RouteMirror {
             let _ = thread.join();
         }
         let watchers: Vec<_> = self.watchers.lock().unwrap().drain().collect();
-        for (_, (_, _, thread)) in watchers {
-            let _ = thread.join();
+        for (_, watcher) in watchers {
+            let _ = watcher.thread.join();
         }
         let mut maps = self.context.maps.lock().unwrap();
         maps.forget_all();
         maps.clear_routes();
     }
+}
+
+/// Marks the watched namespaces that nothing but us holds any more: their watchers stop.
+fn mark_gone(watchers: &Watchers) {
+    let held = namespace::in_use();
+    for (identity, watcher) in watchers.lock().unwrap().iter() {
+        if !held.contains(identity) {
+            watcher.gone.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gives freed memory back to the system (glibc keeps it in its arenas otherwise: a burst of
+/// namespaces would leave the agent at its peak).
+fn trim_memory() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Waits until the ring buffer has something to read, at most `most`.
+fn wait_readable(ring: &RingBuf<MapData>, most: Duration) {
+    use std::os::fd::AsRawFd as _;
+    let mut poll = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; an error or a timeout only ends the wait.
+    unsafe { libc::poll(&mut poll, 1, most.as_millis() as libc::c_int) };
 }
 
 /// A namespace the kernel saw a wildcard connect in: enter it through the reporting process.
@@ -183,7 +230,7 @@ fn on_report(watchers: &Watchers, context: &Context, event: NetnsEvent) {
         .lock()
         .unwrap()
         .get(&identity)
-        .map(|(c, s, _)| (*c, s.load(Ordering::Relaxed)));
+        .map(|w| (w.cookie, w.state.load(Ordering::Relaxed)));
     match known {
         // Already watched (its entry was dropped meanwhile): publish its state again.
         Some((cookie, state)) if cookie == event.netns_cookie && state != 0 => {
@@ -221,7 +268,9 @@ fn watch(
 ) -> anyhow::Result<()> {
     let identity = namespace::identity(&ns)?;
     let state = Arc::new(AtomicU32::new(0));
-    let (context_, state_) = (context.clone(), Arc::clone(&state));
+    let gone = Arc::new(AtomicBool::new(false));
+    let (context_, state_, gone_) = (context.clone(), Arc::clone(&state), Arc::clone(&gone));
+    let watchers_ = Arc::clone(watchers);
     let (cookie_tx, cookie_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         let cookie = namespace::enter(&ns)
@@ -235,18 +284,29 @@ fn watch(
             }
         };
         let _ = cookie_tx.send(Some(cookie));
-        if let Err(e) = mirror_namespace(&context_, &state_, cookie, identity) {
+        if let Err(e) = mirror_namespace(&context_, &state_, &gone_, cookie, identity) {
             tracing::warn!("route mirror for netns cookie {cookie} stopped: {e:#}");
             context_.withdraw(cookie);
             context_.maps.lock().unwrap().forget(cookie);
         }
+        // Done (the namespace is gone, or the mirror stops): its entry goes, and with it this
+        // thread's handle, so its stack is freed as it exits.
+        if !context_.stop.load(Ordering::Relaxed) {
+            watchers_.lock().unwrap().remove(&identity);
+            trim_memory();
+        }
     });
     match cookie_rx.recv().ok().flatten() {
         Some(cookie) => {
-            watchers
-                .lock()
-                .unwrap()
-                .insert(identity, (cookie, state, thread));
+            watchers.lock().unwrap().insert(
+                identity,
+                Watcher {
+                    cookie,
+                    state,
+                    thread,
+                    gone,
+                },
+            );
             Ok(())
         }
         None => {
@@ -260,6 +320,7 @@ fn watch(
 fn mirror_namespace(
     context: &Context,
     state: &AtomicU32,
+    gone: &AtomicBool,
     cookie: u64,
     identity: (u64, u64),
 ) -> anyhow::Result<()> {
@@ -306,7 +367,7 @@ fn mirror_namespace(
                 break;
             }
             quiet_ticks += 1;
-            if quiet_ticks % LIVENESS_EVERY == 0 && !namespace::in_use(identity) {
+            if gone.load(Ordering::Relaxed) {
                 context.withdraw(cookie);
                 let mut maps = maps.lock().unwrap();
                 maps.write(cookie, &[], &written)?;

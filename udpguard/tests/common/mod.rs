@@ -184,6 +184,10 @@ impl Agent {
 }
 
 impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Kills the agent the hard way (SIGKILL): it withdraws nothing.
     pub fn kill(mut self) {
         let _ = self.0.kill();
