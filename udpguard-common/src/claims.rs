@@ -97,6 +97,19 @@ pub const WRITING: u64 = 0;
 /// The order of a claim the agent seeded from a socket dump: older than every socket.
 pub const SEEDED_ORDER: u64 = 1;
 
+/// The mark of a claim its socket let go of (it connected elsewhere): no cookie has this bit.
+pub const DISOWNED: u64 = 1 << 63;
+
+/// When a claim was let go of (`jiffies`), if its owner says it was.
+#[inline(always)]
+pub const fn disowned_at(owner: u64) -> Option<u64> {
+    if owner & DISOWNED != 0 {
+        Some(owner & !DISOWNED)
+    } else {
+        None
+    }
+}
+
 /// The device of a claim made towards a link-local peer by a socket bound to no device: the
 /// kernel binds it to the peer's scope, which the hook cannot read.
 pub const DEVICE_UNKNOWN: u32 = u32::MAX;
@@ -116,7 +129,8 @@ pub struct ClaimSlot {
     /// When the claim was made (`CLOCK_MONOTONIC` ns), which is also its identity:
     /// [`WRITING`] while the way is written, [`SEEDED_ORDER`] for a seeded claim.
     pub order: u64,
-    /// The claiming socket's cookie; 0 for a claim seeded from a socket dump.
+    /// The claiming socket's cookie; 0 for a claim seeded from a socket dump; [`DISOWNED`]
+    /// with the `jiffies` it happened for one its socket let go of (see [`disowned_at`]).
     pub owner: u64,
     /// The tuple's network namespace: a claim dropped for room turns the fast path off there.
     pub netns_cookie: u64,

@@ -20,15 +20,15 @@ use core::{
 
 use aya_ebpf::{
     btf_maps::Array,
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns},
     macros::btf_map,
     programs::SockAddrContext,
 };
 use udpguard_common::{
     CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER, SocketRecord,
     claims::{
-        Claimant, Contest, WRITING, claim_flags, claim_ref, contest, primary_bucket, spill_bucket,
-        way_of_ref,
+        Claimant, Contest, DISOWNED, WRITING, claim_flags, claim_ref, contest, primary_bucket,
+        spill_bucket, way_of_ref,
     },
     records::{RECORD_PROBES, reclaimable, record_flags},
     time::{FRESH_NS, fresh_at},
@@ -577,7 +577,11 @@ fn disown(claim: u32, order: u64, owner: u64) {
             atomic_xchg::<u64, { SeqCst }>(order_word, order);
             return;
         }
-        ptr::write_volatile(&raw mut (*slot).owner, 0);
+        // When: the agent's sweep frees it only if a dump taken after this shows its tuple free.
+        ptr::write_volatile(
+            &raw mut (*slot).owner,
+            DISOWNED | bpf_jiffies64() & !DISOWNED,
+        );
         // Unrecorded now: a device-bound one no longer stands for a holder by itself.
         ptr::write_volatile(&raw mut (*slot).flags, 0);
         atomic_xchg::<u64, { SeqCst }>(order_word, SEEDED_ORDER);

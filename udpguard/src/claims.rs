@@ -10,11 +10,20 @@ use std::{
 
 use udpguard_common::{
     CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER,
-    claims::{WRITING, primary_bucket, spill_bucket},
+    claims::{WRITING, disowned_at, primary_bucket, spill_bucket},
     map_names,
 };
 
 use crate::{attachment::map_pin, shared_map::SharedArray};
+
+/// What a namespace's dump said, for [`ClaimTable::sweep`].
+#[derive(Debug, Default)]
+pub struct Dumped {
+    /// The tags of the tuples held.
+    pub tags: HashSet<u64>,
+    /// When the dump began (`jiffies`).
+    pub jiffies: u64,
+}
 
 /// The attachment's claim table, mapped into this process.
 pub struct ClaimTable {
@@ -120,22 +129,30 @@ impl ClaimTable {
         Ok(Seeded::NoRoom)
     }
 
-    /// Frees the unowned old claims (seeded from a dump, or let go by a socket that moved) of
-    /// namespace `netns_cookie` whose tuples no socket holds any more (`held`: their tags, from
-    /// a dump taken after they were made). A program's claim, or one a program has taken over
-    /// meanwhile, is left alone. Returns how many were freed.
-    pub fn sweep(&self, netns_cookie: u64, held: &HashSet<u64>) -> anyhow::Result<usize> {
+    /// Frees the unowned old claims (seeded from a dump, or let go by a socket that moved) whose
+    /// tuples no socket holds any more, in one pass over the table for every namespace in
+    /// `held`: its held tags, from a dump that began at `jiffies` (a claim let go of after
+    /// that may be a failed reconnect's, whose socket still holds its tuple: kept). A
+    /// program's claim, or one a program has taken over meanwhile, is left alone. Returns how
+    /// many were freed.
+    pub fn sweep(&self, held: &std::collections::HashMap<u64, Dumped>) -> anyhow::Result<usize> {
         self.map.ensure_writable()?;
         let mut freed = 0;
         for bucket in 0..self.buckets {
             for way in 0..CLAIM_WAYS {
                 let tag = self.tag(bucket, way).load(SeqCst);
                 let field = |offset| self.word(bucket, way, offset);
-                if tag == 0
-                    || held.contains(&tag)
-                    || field(offset_of!(ClaimSlot, order)).load(SeqCst) != SEEDED_ORDER
-                    || field(offset_of!(ClaimSlot, netns_cookie)).load(SeqCst) != netns_cookie
-                {
+                if tag == 0 || field(offset_of!(ClaimSlot, order)).load(SeqCst) != SEEDED_ORDER {
+                    continue;
+                }
+                let netns = field(offset_of!(ClaimSlot, netns_cookie)).load(SeqCst);
+                let Some(dump) = held.get(&netns) else {
+                    continue;
+                };
+                let owner = field(offset_of!(ClaimSlot, owner)).load(SeqCst);
+                let since_dump = disowned_at(owner)
+                    .is_some_and(|at| !udpguard_common::time::before(at, dump.jiffies));
+                if dump.tags.contains(&tag) || since_dump {
                     continue;
                 }
                 // Won like a program takes a claim over: its order swapped for WRITING.
@@ -146,12 +163,13 @@ impl ClaimTable {
                 {
                     continue;
                 }
-                if field(offset_of!(ClaimSlot, owner)).load(SeqCst) != 0
+                if field(offset_of!(ClaimSlot, owner)).load(SeqCst) != owner
                     || self.tag(bucket, way).load(SeqCst) != tag
                 {
                     order.store(SEEDED_ORDER, SeqCst);
                     continue;
                 }
+                field(offset_of!(ClaimSlot, owner)).store(0, SeqCst);
                 field(offset_of!(ClaimSlot, netns_cookie)).store(0, SeqCst);
                 field(offset_of!(ClaimSlot, device)).store(0, SeqCst);
                 self.tag(bucket, way).store(0, SeqCst);

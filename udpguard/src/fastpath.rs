@@ -6,7 +6,7 @@
 //! in the kernel). A periodic dump checks the claims against the sockets and withdraws if one
 //! is missing.
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
+    collections::HashMap as StdHashMap,
     mem::offset_of,
     path::Path,
     sync::atomic::{AtomicU64, Ordering::SeqCst},
@@ -19,7 +19,7 @@ use udpguard_common::{
 
 use crate::{
     attachment::{Attachment, map_pin},
-    claims::{ClaimTable, Seeded},
+    claims::{ClaimTable, Dumped, Seeded},
     clock,
     scan::{sock_diag::SockDiag, socket::ConnectedUdpSocket},
     shared_map::SharedArray,
@@ -153,6 +153,10 @@ pub struct FastPathMaps {
     claims: ClaimTable,
     /// Per namespace with the fast path: when it was last dumped.
     swept: StdHashMap<u64, Instant>,
+    /// The dumps since the last walk of the claim table, by namespace.
+    dumped: StdHashMap<u64, Dumped>,
+    /// When the claim table was last walked.
+    walked: Instant,
     /// Per namespace whose seeding could not turn the fast path on (no room, its slot
     /// taken): not before when to try again, rather than dump it every second.
     retry: StdHashMap<u64, Instant>,
@@ -166,6 +170,8 @@ impl FastPathMaps {
             namespaces: NamespaceTable::open(&attachment.dir, true)?,
             claims: attachment.claim_table(true)?,
             swept: StdHashMap::new(),
+            dumped: StdHashMap::new(),
+            walked: Instant::now(),
             retry: StdHashMap::new(),
         })
     }
@@ -200,15 +206,26 @@ impl FastPathMaps {
             .is_none_or(|swept| swept.elapsed() >= SEED_SWEEP)
     }
 
-    /// Clears the unowned claims of tuples no socket in the namespace holds any more (`held`:
-    /// a dump taken after they were made).
-    fn sweep(&mut self, netns_cookie: u64, held: &StdHashMap<ClaimKey, u32>) -> anyhow::Result<()> {
-        let tags: HashSet<u64> = held.keys().map(ClaimKey::tag).collect();
-        let freed = self.claims.sweep(netns_cookie, &tags)?;
-        if freed > 0 {
-            tracing::debug!("netns {netns_cookie}: {freed} claims of closed sockets cleared");
-        }
+    /// Notes a namespace's dump (`held`, begun at `jiffies`); once a sweep period has passed
+    /// since the last, clears in one walk of the table the unowned claims of tuples no socket
+    /// holds any more, in every namespace dumped since.
+    fn sweep(
+        &mut self,
+        netns_cookie: u64,
+        held: &StdHashMap<ClaimKey, u32>,
+        jiffies: u64,
+    ) -> anyhow::Result<()> {
+        let tags = held.keys().map(ClaimKey::tag).collect();
+        self.dumped.insert(netns_cookie, Dumped { tags, jiffies });
         self.swept.insert(netns_cookie, Instant::now());
+        if self.walked.elapsed() >= SEED_SWEEP {
+            let freed = self.claims.sweep(&self.dumped)?;
+            if freed > 0 {
+                tracing::debug!("{freed} unowned claims of tuples nobody holds cleared");
+            }
+            self.dumped.clear();
+            self.walked = Instant::now();
+        }
         Ok(())
     }
 }
@@ -257,6 +274,7 @@ pub fn refresh(
                 return Ok(false);
             }
             // Dumped without the lock: other namespaces' threads share it.
+            let began = clock::jiffies()?;
             let held = held_tuples(netns_cookie)?;
             let mut maps = maps.lock().unwrap();
             let missing = held.keys().filter(|key| !maps.claims.contains(key)).count();
@@ -269,7 +287,7 @@ pub fn refresh(
                 maps.withdraw(netns_cookie);
                 return Ok(false);
             }
-            maps.sweep(netns_cookie, &held)?;
+            maps.sweep(netns_cookie, &held, began)?;
         }
         return Ok(true);
     }

@@ -206,3 +206,33 @@ fn a_socket_whose_reconnect_fails_keeps_its_tuple_indexed() {
         "#);
     assert_eq!(got, ["ok", "ENETUNREACH ('127.0.0.1', 1111)", "EPERM"]);
 }
+
+#[test]
+fn claims_let_go_of_are_swept_once_nobody_holds_their_tuples() {
+    let sb = Sandbox::new("fast-sweep");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    let claims = || sb.status()["attachments"][0]["claims"].as_u64().unwrap();
+    let before = claims();
+    // Under the fast path a socket that connects elsewhere leaves its old claim, unowned: 20
+    // sockets moving leave 20. A socket that closes releases its claim at once.
+    sb.py(r#"
+        held = [udp(bind=("127.0.0.1", 4000 + i)) for i in range(20)]
+        for s in held:
+            assert conn(s, P) == "ok" and conn(s, ("127.0.0.1", 2222)) == "ok"
+        for s in held:
+            s.close()
+        "#);
+    assert_eq!(claims(), before + 20);
+    // The agent's sweep (every 10 s) sees their tuples free in a later dump and clears them.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while claims() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} claims left",
+            claims() - before
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
