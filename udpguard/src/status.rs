@@ -201,6 +201,13 @@ impl Status {
                     crate::tables::human_bytes(t.memory_bytes)
                 );
             }
+            let _ = writeln!(
+                out,
+                "  claims taken over {}  evicted for room {}  unrecorded {}",
+                count(Counter::StaleClaims),
+                count(Counter::Evicted),
+                count(Counter::Unrecorded)
+            );
             for off in &a.degraded {
                 let _ = writeln!(out, "  degraded: {off}");
             }
