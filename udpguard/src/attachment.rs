@@ -22,6 +22,7 @@ use udpguard_common::{
 use crate::{
     cgroup::Cgroup,
     error::{Result, io},
+    faults,
     loader::{LoadedGuard, object_sha256},
     settings::Settings,
     sys,
@@ -49,6 +50,48 @@ pub fn dir_name(cgroup_id: u64) -> String {
 /// The cgroup id an attachment directory name stands for.
 pub fn parse_dir_name(name: &str) -> Option<u64> {
     name.strip_prefix("cgroup-")?.parse().ok()
+}
+
+/// What a directory under the pin root is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirKind {
+    /// An attachment (`cgroup-<id>`).
+    Attached,
+    /// Left by an `attach` that was killed while it built the directory: its links, if any
+    /// were attached, enforce, but nothing reads its events or keeps it.
+    Building,
+    /// Left by an `attach` or `detach` that was killed while it took an attachment down.
+    Retiring,
+}
+
+/// The kind and cgroup id of a directory name under the pin root.
+pub fn parse_any_dir_name(name: &str) -> Option<(DirKind, u64)> {
+    if let Some(id) = parse_dir_name(name) {
+        return Some((DirKind::Attached, id));
+    }
+    let (kind, rest) = if let Some(rest) = name.strip_prefix(BUILDING) {
+        (DirKind::Building, rest)
+    } else {
+        (DirKind::Retiring, name.strip_prefix(RETIRING)?)
+    };
+    Some((kind, rest.split('-').next()?.parse().ok()?))
+}
+
+/// Every directory under the pin root that udpguard made: attachments, and what interrupted
+/// runs left (which `status` shows and `detach` removes).
+pub fn list_all(root: &Path) -> Vec<(DirKind, u64, PathBuf)> {
+    let mut dirs: Vec<_> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let (kind, id) = parse_any_dir_name(entry.file_name().to_str()?)?;
+            Some((kind, id, entry.path()))
+        })
+        .collect();
+    dirs.sort_by_key(|(kind, id, path)| (*id, *kind as u8, path.clone()));
+    dirs
 }
 
 /// Every attachment directory under the pin root, by cgroup id.
@@ -90,20 +133,25 @@ pub fn create(
     };
     write_one(&mut guard, map_names::CONFIG, settings.to_config(0))?;
     write_one(&mut guard, map_names::META, meta)?;
+    faults::point("attach:loaded");
 
     let building = root.join(format!("{BUILDING}{}-{}", cgroup.id, std::process::id()));
     fs::create_dir(&building).map_err(io(format!("creating {}", building.display())))?;
+    faults::point("attach:building");
     let built = pin_all(&mut guard, cgroup, &building);
     if let Err(err) = built {
         // The links are dropped unpinned, which detaches them.
-        let _ = remove_dir(&building);
+        let _ = remove(&building);
         return Err(err);
     }
+    faults::point("attach:pinned");
     let target = root.join(dir_name(cgroup.id));
     if let Some(old) = old {
         let retiring = root.join(format!("{RETIRING}{}-{}", cgroup.id, std::process::id()));
         fs::rename(old, &retiring).map_err(io(format!("moving {} away", old.display())))?;
+        faults::point("attach:retired");
         fs::rename(&building, &target).map_err(io(format!("renaming to {}", target.display())))?;
+        faults::point("attach:renamed");
         remove(&retiring)?;
     } else {
         fs::rename(&building, &target).map_err(io(format!("renaming to {}", target.display())))?;
@@ -132,9 +180,11 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
         map.pin(dir.join(pin))
             .with_context(|| format!("pinning map {name} in {}", dir.display()))?;
     }
+    faults::point("attach:maps");
     for (pin, link) in guard.attach(cgroup)? {
         link.pin(dir.join(pin))
             .with_context(|| format!("pinning link {pin} in {}", dir.display()))?;
+        faults::point("attach:link");
     }
     Ok(())
 }
@@ -153,7 +203,8 @@ pub fn detach_link(path: &Path) -> Result<()> {
     }
 }
 
-/// Detaches an attachment's programs at once and removes its directory.
+/// Detaches an attachment's programs at once and removes its directory (already gone, as
+/// when another detach got there first: nothing to do).
 pub fn remove(dir: &Path) -> Result<()> {
     for pin in link_pins::ALL.into_iter().chain(WATCH_PINS) {
         let path = dir.join(pin);
@@ -161,11 +212,44 @@ pub fn remove(dir: &Path) -> Result<()> {
             sys::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
         }
     }
-    remove_dir(dir)
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("removing {}", dir.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
-fn remove_dir(dir: &Path) -> Result<()> {
-    fs::remove_dir_all(dir).map_err(io(format!("removing {}", dir.display())))
+/// How many of the links pinned in `dir` are attached now.
+pub fn attached_links(dir: &Path) -> usize {
+    link_pins::ALL
+        .into_iter()
+        .chain(WATCH_PINS)
+        .filter(|pin| sys::obj_get(&dir.join(pin)).is_ok())
+        .count()
+}
+
+/// Takes an attachment down as one is built: renamed out of its place first (so no reader sees
+/// half of it, and a detach killed midway leaves a `retiring-` directory that `status` shows),
+/// then its links detached and its pins removed. Call with the lock held.
+pub fn retire(root: &Path, dir: &Path, cgroup_id: u64) -> Result<()> {
+    let retiring = root.join(format!("{RETIRING}{cgroup_id}-{}", std::process::id()));
+    fs::rename(dir, &retiring).map_err(io(format!("moving {} away", dir.display())))?;
+    faults::point("detach:retired");
+    remove(&retiring)
+}
+
+/// Removes what interrupted runs left for the cgroup `cgroup_id` (call with the lock held);
+/// returns how many directories.
+pub fn remove_leftovers_of(root: &Path, cgroup_id: u64) -> Result<usize> {
+    let mut removed = 0;
+    for (kind, id, dir) in list_all(root) {
+        if kind != DirKind::Attached && id == cgroup_id {
+            remove(&dir)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes what an interrupted `attach` left behind (call with the lock held).

@@ -1,13 +1,21 @@
 //! The BPF filesystem where attachments keep their pins, and the lock that guards it.
+//!
+//! The pin root (`/sys/fs/bpf/udpguard`) is root's alone: root-owned, mode 0700, so nobody
+//! else can plant an attachment there, read it, or hold its lock. udpguard mounts a bpffs only
+//! at `/sys/fs/bpf` itself, and only where nothing is mounted: it never mounts over a directory
+//! that is not its own. One it did not make, or that others can write, is refused with what to
+//! do about it.
 use std::{
     fs::File,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use nix::{
     fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
-    sys::statfs::{BPF_FS_MAGIC, statfs},
+    sys::statfs::{BPF_FS_MAGIC, SYSFS_MAGIC, statfs},
 };
 
 use crate::error::{Error, Result, io};
@@ -15,8 +23,15 @@ use crate::error::{Error, Result, io};
 /// Where bpffs is mounted by convention.
 pub const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
 
+/// The directory inside the pin root that writers lock (a directory: bpffs holds nothing
+/// else but pins).
+const LOCK_DIR: &str = "lock";
+
+/// How long a writer waits for another's lock before it says who holds it.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// The directory holding one sub-directory per attachment. `UDPGUARD_PIN_ROOT` moves it
-/// (tests use it to keep their attachments apart); it must be on a bpffs.
+/// (tests use it to keep their attachments apart); its parent must be a bpffs.
 pub fn pin_root() -> PathBuf {
     std::env::var_os("UDPGUARD_PIN_ROOT")
         .map(PathBuf::from)
@@ -28,29 +43,73 @@ pub fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
 }
 
-/// Makes sure the pin root exists on a bpffs, mounting bpffs at its parent when missing.
+/// Makes sure the pin root exists on a bpffs and is ours; returns it. Mounts a bpffs at
+/// `/sys/fs/bpf` when nothing is mounted there (the directory sysfs provides for it).
 pub fn ensure_pin_root() -> Result<PathBuf> {
     let root = pin_root();
-    let mount_point = root.parent().unwrap_or(Path::new(DEFAULT_MOUNT));
-    if !is_bpffs(mount_point) {
-        std::fs::create_dir_all(mount_point).map_err(|source| Error::NoBpffs {
-            path: mount_point.to_path_buf(),
-            source,
-        })?;
+    let parent = root
+        .parent()
+        .unwrap_or(Path::new(DEFAULT_MOUNT))
+        .to_path_buf();
+    if !is_bpffs(&parent) {
+        let sysfs_mount_point = parent == Path::new(DEFAULT_MOUNT)
+            && statfs(&parent).is_ok_and(|fs| fs.filesystem_type() == SYSFS_MAGIC);
+        if !sysfs_mount_point {
+            return Err(Error::PinRootNotOnBpffs { root, parent });
+        }
         mount(
             Some("bpf"),
-            mount_point,
+            &parent,
             Some("bpf"),
             MsFlags::empty(),
             None::<&str>,
         )
         .map_err(|errno| Error::NoBpffs {
-            path: mount_point.to_path_buf(),
+            path: parent.clone(),
             source: errno.into(),
         })?;
     }
-    std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(io(format!("creating {}", root.display()))(e));
+        }
+        _ => {}
+    }
+    check_ours(&root, true)?;
     Ok(root)
+}
+
+/// Checks that the pin root is root's alone (for commands that only look: `tighten` false).
+/// A root-owned one others can read (made by an older udpguard) is made 0700 when `tighten`.
+pub fn check_ours(root: &Path, tighten: bool) -> Result<()> {
+    let meta =
+        std::fs::symlink_metadata(root).map_err(io(format!("reading {}", root.display())))?;
+    if !meta.is_dir() {
+        return Err(Error::PinRootNotOurs {
+            root: root.to_path_buf(),
+            why: "it is not a directory".into(),
+        });
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(Error::PinRootNotOurs {
+            root: root.to_path_buf(),
+            why: format!("it is owned by uid {}, not by uid {me}", meta.uid()),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(Error::PinRootNotOurs {
+            root: root.to_path_buf(),
+            why: format!("others can write to it (mode {mode:04o})"),
+        });
+    }
+    if mode & 0o077 != 0 && tighten {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("making {} 0700", root.display())))?;
+    }
+    Ok(())
 }
 
 /// An exclusive lock on the pin root, held while an attachment is built or removed, so that
@@ -60,11 +119,90 @@ pub struct PinLock {
 }
 
 impl PinLock {
-    /// Blocks until the lock is ours.
+    /// Waits for the lock (at most [`LOCK_WAIT`], then says who holds it).
     pub fn acquire(root: &Path) -> Result<PinLock> {
-        let dir = File::open(root).map_err(io(format!("opening {}", root.display())))?;
-        let lock = Flock::lock(dir, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io(format!("locking {}", root.display()))(errno.into()))?;
-        Ok(PinLock { _lock: lock })
+        let dir = root.join(LOCK_DIR);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io(format!("creating {}", dir.display()))(e));
+            }
+            _ => {}
+        }
+        let started = Instant::now();
+        let mut file = File::open(&dir).map_err(io(format!("opening {}", dir.display())))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(PinLock { _lock: lock }),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) => file = back,
+                Err((_, errno)) => {
+                    return Err(io(format!("locking {}", dir.display()))(errno.into()));
+                }
+            }
+            if started.elapsed() >= LOCK_WAIT {
+                return Err(Error::Locked {
+                    root: root.to_path_buf(),
+                    waited: started.elapsed().as_secs(),
+                    holder: holder_of(&dir).unwrap_or_else(|| "an unknown process".into()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Who holds a flock on `path`: the locker /proc/locks names, or, when that process has
+/// exited (a child inherited the lock with its file descriptor), the processes that have the
+/// directory open. "pid N (comm), uid U".
+fn holder_of(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let locker = lock_holder(&locks, meta.ino())?;
+    let describe = |pid: u32| {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let uid = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+        Some(format!("pid {pid} ({}), uid {uid}", comm.trim()))
+    };
+    if let Some(holder) = describe(locker) {
+        return Some(holder);
+    }
+    let openers: Vec<String> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        })
+        .filter_map(describe)
+        .collect();
+    (!openers.is_empty()).then(|| openers.join(", "))
+}
+
+/// The pid holding a FLOCK on the inode `ino`, in a /proc/locks table.
+fn lock_holder(locks: &str, ino: u64) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"; a waiter's line starts "1: ->".
+        let (kind, pid, file) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+        let inode: u64 = file.rsplit(':').next()?.parse().ok()?;
+        (*kind == "FLOCK" && inode == ino).then(|| pid.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_holder_is_read_from_proc_locks() {
+        let locks = "1: POSIX  ADVISORY  WRITE 77 00:1d:42 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4321 00:2a:5678 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 999 00:2a:5678 0 EOF\n";
+        assert_eq!(lock_holder(locks, 5678), Some(4321));
+        assert_eq!(lock_holder(locks, 42), None, "a POSIX lock is another kind");
+        assert_eq!(lock_holder(locks, 1), None);
     }
 }

@@ -32,12 +32,31 @@ pub enum Error {
     },
 
     #[error(
+        "the pin root {root} is not on a BPF filesystem ({parent} is no bpffs), and udpguard mounts one only at /sys/fs/bpf: mount a bpffs on {parent} (`mount -t bpf bpf {parent}`) or point UDPGUARD_PIN_ROOT into one"
+    )]
+    PinRootNotOnBpffs { root: PathBuf, parent: PathBuf },
+
+    #[error(
+        "the pin root {root} is not udpguard's to use: {why}; someone else made it or opened it up. Remove it (`rm -r {root}`: nothing of udpguard's can be in it) and run again"
+    )]
+    PinRootNotOurs { root: PathBuf, why: String },
+
+    #[error(
+        "the pin root {root} is locked by {holder} (waited {waited} s): another attach or detach is running, or is stuck; wait for it, or stop that process"
+    )]
+    Locked {
+        root: PathBuf,
+        waited: u64,
+        holder: String,
+    },
+
+    #[error(
         "this kernel cannot run cgroup connect4/connect6 programs (needs Linux >= 5.7 with CONFIG_CGROUP_BPF)"
     )]
     KernelTooOld,
 
     #[error(
-        "this kernel has no bpf_set_retval for connect hooks (needs Linux >= 6.1), so it can only refuse with EPERM: use --errno eperm"
+        "this kernel has no bpf_set_retval for connect hooks (needs Linux >= 5.18), so it can only refuse with EPERM: use --errno eperm"
     )]
     NoSetRetval,
 

@@ -89,7 +89,10 @@ pub fn attach(request: &AttachRequest) -> Result<Attached> {
     privilege::require("attach")?;
     let cgroup = Cgroup::open_or_root(cgroup.as_deref())?;
     let root = bpffs::ensure_pin_root()?;
+    // Once begun, it finishes: SIGINT/SIGTERM wait until the attachment is whole.
+    let _signals = crate::faults::SignalsHeld::new();
     let _lock = PinLock::acquire(&root)?;
+    // Under the lock no other attach is building: what is there is an interrupted run's.
     attachment::remove_leftovers(&root)?;
 
     let dir = root.join(attachment::dir_name(cgroup.id));
@@ -153,34 +156,66 @@ fn attached(
     }
 }
 
-/// Detaches the guard from `cgroup` (default: the cgroup v2 root) and removes its pins.
-pub fn detach(cgroup: Option<&Path>) -> Result<Cgroup> {
+/// What `detach` did.
+#[derive(Debug)]
+pub struct Detached {
+    pub cgroup: Cgroup,
+    /// Whether an attachment was there (rather than only an interrupted run's leftovers).
+    pub attached: bool,
+    /// Directories left by interrupted runs, removed too.
+    pub leftovers: usize,
+}
+
+/// Detaches the guard from `cgroup` (default: the cgroup v2 root) and removes its pins, and
+/// whatever an interrupted `attach` or `detach` left for it.
+pub fn detach(cgroup: Option<&Path>) -> Result<Detached> {
     privilege::require("detach")?;
     let cgroup = Cgroup::open_or_root(cgroup)?;
     let root = bpffs::pin_root();
-    let dir = root.join(attachment::dir_name(cgroup.id));
-    if !dir.exists() {
+    if !root.exists() {
         return Err(Error::NotAttached {
             cgroup: cgroup.path,
         });
     }
+    bpffs::check_ours(&root, true)?;
+    let _signals = crate::faults::SignalsHeld::new();
     let _lock = PinLock::acquire(&root)?;
-    attachment::remove(&dir)?;
-    Ok(cgroup)
+    // Looked at under the lock: a detach that ran meanwhile has removed it.
+    let dir = root.join(attachment::dir_name(cgroup.id));
+    let attached = dir.exists();
+    if attached {
+        attachment::retire(&root, &dir, cgroup.id)?;
+    }
+    let leftovers = attachment::remove_leftovers_of(&root, cgroup.id)?;
+    if !attached && leftovers == 0 {
+        return Err(Error::NotAttached {
+            cgroup: cgroup.path,
+        });
+    }
+    Ok(Detached {
+        cgroup,
+        attached,
+        leftovers,
+    })
 }
 
-/// Detaches every attachment; returns the pin directories removed.
+/// Detaches every attachment and removes every interrupted run's leftovers; returns the pin
+/// directories removed.
 pub fn detach_all() -> Result<Vec<std::path::PathBuf>> {
     privilege::require("detach")?;
     let root = bpffs::pin_root();
     if !root.exists() {
         return Ok(Vec::new());
     }
+    bpffs::check_ours(&root, true)?;
+    let _signals = crate::faults::SignalsHeld::new();
     let _lock = PinLock::acquire(&root)?;
-    attachment::remove_leftovers(&root)?;
     let mut removed = Vec::new();
-    for (_, dir) in attachment::list_dirs(&root) {
-        attachment::remove(&dir)?;
+    for (kind, id, dir) in attachment::list_all(&root) {
+        match kind {
+            attachment::DirKind::Attached => attachment::retire(&root, &dir, id)?,
+            _ => attachment::remove(&dir)?,
+        }
         removed.push(dir);
     }
     Ok(removed)

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod fastpath;
+pub mod faults;
 pub mod guard;
 pub mod loader;
 pub mod metrics;

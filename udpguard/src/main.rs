@@ -75,8 +75,21 @@ fn main() -> ExitCode {
                 println!("  note: {note}");
             }
         }),
-        Command::Detach { cgroup, all: false } => guard::detach(cgroup.as_deref())
-            .map(|cgroup| println!("udpguard detached from {}", cgroup.path.display())),
+        Command::Detach { cgroup, all: false } => {
+            guard::detach(cgroup.as_deref()).map(|detached| {
+                let path = detached.cgroup.path.display();
+                if detached.attached {
+                    println!("udpguard detached from {path}");
+                }
+                if detached.leftovers > 0 {
+                    println!(
+                        "removed what {} interrupted attach or detach left for {path} (its \
+                         links detached)",
+                        detached.leftovers
+                    );
+                }
+            })
+        }
         Command::Detach { all: true, .. } => guard::detach_all().map(|removed| {
             if removed.is_empty() {
                 println!("nothing was attached");

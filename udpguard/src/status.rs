@@ -6,7 +6,7 @@ use serde::Serialize;
 use udpguard_common::Counter;
 
 use crate::{
-    attachment::{self, Attachment},
+    attachment::{self, Attachment, DirKind},
     bpffs, cgroup,
 };
 
@@ -14,11 +14,17 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub attachments: Vec<AttachmentStatus>,
+    /// Why the pin root cannot be trusted, if it cannot (then nothing in it is shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// One attachment as `status` shows it.
 #[derive(Debug, Serialize)]
 pub struct AttachmentStatus {
+    /// "attached", or "building"/"retiring" for what an interrupted `attach` or `detach` left
+    /// (its links may be attached and enforcing; `udpguard detach` removes it).
+    pub state: DirKind,
     /// The cgroup's path, or None when the cgroup no longer exists.
     pub cgroup: Option<PathBuf>,
     pub cgroup_id: u64,
@@ -68,23 +74,62 @@ pub struct Programs {
     pub connect6: Option<u32>,
 }
 
-/// Reads every attachment under the pin root.
+/// Reads every attachment under the pin root, and what interrupted runs left there.
 pub fn collect() -> Status {
+    let root = bpffs::pin_root();
+    if root.exists()
+        && let Err(problem) = bpffs::check_ours(&root, false)
+    {
+        return Status {
+            attachments: Vec::new(),
+            problem: Some(problem.to_string()),
+        };
+    }
     let cgroup_root = cgroup::root().ok();
-    let attachments = attachment::list_dirs(&bpffs::pin_root())
+    let attachments = attachment::list_all(&root)
         .into_iter()
-        .map(|(id, dir)| {
+        .map(|(kind, id, dir)| {
             let path = cgroup_root
                 .as_deref()
                 .and_then(|root| cgroup::path_of_id(root, id));
-            describe(id, path, dir)
+            describe(kind, id, path, dir)
         })
         .collect();
-    Status { attachments }
+    Status {
+        attachments,
+        problem: None,
+    }
 }
 
-fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> AttachmentStatus {
+/// What to say when an attachment's pins cannot be read.
+fn unreadable(err: &crate::error::Error) -> String {
+    let cause = match err {
+        crate::error::Error::Bpf(e) => e
+            .chain()
+            .find_map(|c| c.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind),
+        crate::error::Error::Io { source, .. } => Some(source.kind()),
+        _ => None,
+    };
+    match cause {
+        Some(std::io::ErrorKind::NotFound) => {
+            format!("{err} (it is being replaced or removed right now: run status again)")
+        }
+        Some(std::io::ErrorKind::PermissionDenied) => {
+            format!("{err} (permission denied: run status as root)")
+        }
+        _ => format!("{err} (made by another udpguard version? `udpguard attach` replaces it)"),
+    }
+}
+
+fn describe(
+    state: DirKind,
+    cgroup_id: u64,
+    cgroup: Option<PathBuf>,
+    pin_dir: PathBuf,
+) -> AttachmentStatus {
     let mut status = AttachmentStatus {
+        state,
         cgroup,
         cgroup_id,
         pin_dir,
@@ -137,7 +182,7 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
                 .map(|&c| (c.name(), counters.get(c)))
                 .collect();
         }
-        Err(err) => status.error = Some(format!("{err} (made by another udpguard version?)")),
+        Err(err) => status.error = Some(unreadable(&err)),
     }
     status
 }
@@ -145,6 +190,9 @@ fn describe(cgroup_id: u64, cgroup: Option<PathBuf>, pin_dir: PathBuf) -> Attach
 impl Status {
     /// The human-readable report.
     pub fn to_text(&self) -> String {
+        if let Some(problem) = &self.problem {
+            return format!("cannot show the attachments: {problem}\n");
+        }
         if self.attachments.is_empty() {
             return format!(
                 "nothing attached (attachments are pinned under {})\n",
@@ -158,6 +206,21 @@ impl Status {
                 |p| p.display().to_string(),
             );
             let _ = writeln!(out, "{cgroup}  [cgroup id {}]", a.cgroup_id);
+            if a.state != DirKind::Attached {
+                let what = if a.state == DirKind::Building {
+                    "an attach that was interrupted while it built this attachment"
+                } else {
+                    "an attach or detach that was interrupted while it took this attachment down"
+                };
+                let links = crate::attachment::attached_links(&a.pin_dir);
+                let _ = writeln!(
+                    out,
+                    "  LEFT BY {what}: {} of its links attached (enforcing, with nobody \
+                     reading its events); remove it with `udpguard detach --cgroup {cgroup}` \
+                     or `udpguard detach --all`",
+                    links
+                );
+            }
             if let Some(error) = &a.error {
                 let _ = writeln!(out, "  unreadable: {error}");
                 let _ = writeln!(out, "  pins: {}", a.pin_dir.display());

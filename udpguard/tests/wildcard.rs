@@ -152,7 +152,11 @@ fn a_new_namespace_is_covered_after_its_first_connect() {
         c = udp(bind=("0.0.0.0", 4444)); out(conn(c, P))
         d = udp(bind=("0.0.0.0", 4444)); out(conn(d, P))
         "#);
-    assert_eq!(got, ["ok", "ok", "ok", "EPERM"]);
+    // The second connect comes a moment after the first: the agent may have loaded the
+    // namespace already (it wakes on the report), or not.
+    assert_eq!(got[0], "ok");
+    assert!(got[1] == "ok" || got[1] == "EPERM", "{got:?}");
+    assert_eq!(got[2..], ["ok", "EPERM"]);
     assert!(sb.counter("wildcard_new_netns") >= 1);
 }
 
