@@ -123,6 +123,8 @@ impl Drop for Sandbox {
             }
         }
         let _ = fs::remove_dir_all(&self.pin_root);
+        // The event readers' lock and socket (named after the pin root).
+        let _ = fs::remove_dir_all(Path::new("/run/udpguard").join(&self.name));
         // Kill anything still in the cgroup, then remove it.
         if let Ok(mut kill) = fs::OpenOptions::new()
             .write(true)

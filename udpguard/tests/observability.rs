@@ -640,3 +640,92 @@ fn events_without_an_attachment_says_how_to_attach_and_changes_nothing() {
     assert!(metrics.lines().all(|l| l.starts_with('#')), "{metrics}");
     assert!(!sb.pin_root.exists(), "metrics creates nothing");
 }
+
+#[test]
+fn several_readers_each_get_every_event_of_a_flood_and_after_it() {
+    let sb = Sandbox::new("readers");
+    // Room for the whole flood: any loss would be the readers', not the ring's.
+    sb.attach(&["--events-buffer", "16777216"]);
+    let cgroup = sb.cgroup.to_str().unwrap();
+    let mut readers: Vec<Running> = (0..2)
+        .map(|_| udpguard(&sb, &["events", "--cgroup", cgroup, "--json"]))
+        .chain([udpguard(&sb, &["run", "--cgroup", cgroup, "--json"])])
+        .collect();
+    for reader in &mut readers {
+        reader.log_containing("reading the events");
+    }
+    let _holder = hold(&sb, 4, ("127.0.0.1", 4444), ("127.0.0.1", 1111));
+    const FLOOD: u64 = 20_000;
+    let (_, got) = caller(
+        &sb,
+        &format!(
+            r#"
+        b = udp(bind=("127.0.0.1", 4444))
+        out(sorted(set(conn(b, P) for _ in range({FLOOD}))))
+        "#
+        ),
+    );
+    assert_eq!(got, ["['EPERM']"]);
+    // After the flood, one more conflict, on another tuple: every reader shows it.
+    let _other = hold(&sb, 4, ("127.0.0.1", 5555), ("127.0.0.1", 1111));
+    let (_, got) = caller(&sb, r#"out(conn(udp(bind=("127.0.0.1", 5555)), P))"#);
+    assert_eq!(got, ["EPERM"]);
+    assert_eq!(sb.counter("events_lost"), 0);
+    for reader in &mut readers {
+        // Every flood event, shown or summarised, and then the last one.
+        let (mut flood, mut last) = (0, false);
+        while !last {
+            let line = reader.json_line();
+            if line["local"] == "127.0.0.1:5555" {
+                last = line.get("suppressed").is_none();
+                continue;
+            }
+            flood += line.get("suppressed").map_or(1, |n| n.as_u64().unwrap());
+        }
+        // The flood's last summary may come after the last event: wait for it.
+        while flood < FLOOD {
+            let line = reader.json_line();
+            if line["local"] == "127.0.0.1:4444" {
+                flood += line.get("suppressed").map_or(1, |n| n.as_u64().unwrap());
+            }
+        }
+        assert_eq!(flood, FLOOD, "{}", reader.name);
+        assert!(
+            !reader
+                .seen
+                .iter()
+                .any(|l| l.contains("did not decode") || l.contains("lost")),
+            "{}: {:?}",
+            reader.name,
+            reader
+                .seen
+                .iter()
+                .filter(|l| l.starts_with("[stderr]"))
+                .collect::<Vec<_>>()
+        );
+    }
+    for reader in &mut readers {
+        assert_eq!(reader.stop_with(libc::SIGTERM), 0);
+    }
+}
+
+#[test]
+fn when_the_reader_of_the_ring_is_killed_another_takes_over_and_misses_nothing() {
+    let sb = Sandbox::new("handover");
+    sb.attach(&[]);
+    let cgroup = sb.cgroup.to_str().unwrap();
+    let mut first = udpguard(&sb, &["events", "--cgroup", cgroup, "--json"]);
+    first.log_containing("from the kernel");
+    let mut second = udpguard(&sb, &["events", "--cgroup", cgroup, "--json"]);
+    second.log_containing("through the reader");
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    // Refusals while nobody reads the ring wait in it; the second reader takes over.
+    let _holder = hold(&sb, 4, ("127.0.0.1", 4444), ("127.0.0.1", 1111));
+    let (_, got) = caller(&sb, r#"out(conn(udp(bind=("127.0.0.1", 4444)), P))"#);
+    assert_eq!(got, ["EPERM"]);
+    let line = second.json_line();
+    assert_eq!(line["local"], "127.0.0.1:4444", "{line}");
+    second.log_containing("from the kernel");
+    assert_eq!(second.stop_with(libc::SIGTERM), 0);
+}

@@ -6,6 +6,7 @@
 //! - [`flood`]: a burst is shown, the rest of a flood summarised;
 //! - [`format`]: the human line and the JSON line;
 //! - [`stream`]: following an attachment's ring buffer and printing as events come.
+pub mod fanout;
 pub mod flood;
 pub mod format;
 pub mod holder;

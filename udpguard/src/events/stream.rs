@@ -16,6 +16,7 @@ use tokio::{io::unix::AsyncFd, sync::watch};
 use udpguard_common::Counter;
 
 use super::{
+    fanout::{Consumer, Received, Rendezvous, Role, Subscriber},
     flood::{FloodGate, Summary, WINDOW_NS},
     format::Line,
     holder::HolderFinder,
@@ -33,12 +34,15 @@ const TICK: Duration = Duration::from_secs(1);
 type FloodKey = (Action, Option<u32>, u64, SocketAddr, SocketAddr);
 
 /// Streams the events of the attachment pinned in `dir` to stdout until `shutdown` turns true
-/// (or its sender goes), stdout closes, or the attachment is removed (an error).
+/// (or its sender goes), stdout closes, or the attachment is removed (an error). Any number of
+/// readers can do this at once, each getting every event (see [`super::fanout`]).
 pub async fn stream(
     dir: &Path,
     json: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let rendezvous = Rendezvous::of(dir)?;
+    let mut feed = Feed::join(&rendezvous, dir).await?;
     let mut source = Source::open(dir)?;
     let mut printer = Printer { json, open: true };
     let mut gate: FloodGate<FloodKey, Conflict> = FloodGate::default();
@@ -48,29 +52,41 @@ pub async fn stream(
     let stopping = |shutdown: &watch::Receiver<bool>| *shutdown.borrow();
 
     while printer.open && !stopping(&shutdown) {
-        let conflicts = tokio::select! {
+        let events = tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() { break }
                 continue;
             }
-            ready = source.ring.readable_mut() => {
-                let mut ready = ready.context("waiting for events")?;
-                let conflicts = drain(ready.get_inner_mut(), &mut source.undecodable);
-                ready.clear_ready();
-                conflicts
-            }
+            next = feed.next() => match next? {
+                Next::Events(events) => events,
+                Next::Dropped(n) => {
+                    tracing::warn!(
+                        "{n} conflict events lost by this reader: it fell behind the one that \
+                         reads the kernel's ring (they are still counted)"
+                    );
+                    continue;
+                }
+                Next::Ended => {
+                    // The reader that served us went: serve, or find the one who does now.
+                    feed = Feed::join(&rendezvous, dir).await?;
+                    continue;
+                }
+                Next::Nothing => continue,
+            },
             _ = tick.tick() => {
                 let summaries = gate.due(boot_clock_ns());
                 printer.summaries(&mut resolver, summaries).await;
                 source.check_lost();
                 if source.replaced()? {
                     source = Source::open(dir)?;
+                    feed.reopen(dir)?;
                 }
                 // A wake-up can slip between the last read and clearing readiness: drain
                 // here too, so an event never waits longer than a tick.
-                drain(source.ring.get_mut(), &mut source.undecodable)
+                feed.drain_now()
             }
         };
+        let conflicts = decode(&events, &mut source.undecodable);
         for conflict in conflicts {
             if !printer.open {
                 break;
@@ -106,11 +122,108 @@ fn flood_key(conflict: &Conflict) -> FloodKey {
     )
 }
 
-/// Every event waiting in `ring`, decoded; counts those that do not decode.
-fn drain(ring: &mut RingBuf<MapData>, undecodable: &mut u64) -> Vec<Conflict> {
-    let mut conflicts = Vec::new();
+/// Where this reader's events come from: the kernel's ring (it is the consumer, and serves
+/// the others), or the consumer's socket.
+enum Feed {
+    Ring {
+        consumer: Consumer,
+        ring: AsyncFd<RingBuf<MapData>>,
+    },
+    Socket(Subscriber),
+}
+
+/// What [`Feed::next`] brought.
+enum Next {
+    /// Events, as the kernel wrote them.
+    Events(Vec<Vec<u8>>),
+    Dropped(u64),
+    Ended,
+    /// Nothing to show (a subscriber joined).
+    Nothing,
+}
+
+impl Feed {
+    async fn join(rendezvous: &Rendezvous, dir: &Path) -> anyhow::Result<Feed> {
+        Ok(match rendezvous.join().await? {
+            Role::Consumer(consumer) => {
+                tracing::info!("reading the events from the kernel (and serving other readers)");
+                Feed::Ring {
+                    consumer,
+                    ring: open_ring(dir)?,
+                }
+            }
+            Role::Subscriber(subscriber) => {
+                tracing::info!("reading the events through the reader that reads the kernel's");
+                Feed::Socket(subscriber)
+            }
+        })
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Next> {
+        match self {
+            Feed::Ring { consumer, ring } => tokio::select! {
+                ready = ring.readable_mut() => {
+                    let mut ready = ready.context("waiting for events")?;
+                    let events = drain(ready.get_inner_mut());
+                    ready.clear_ready();
+                    consumer.serve(&events);
+                    Ok(Next::Events(events))
+                }
+                accepted = consumer.accept() => accepted.map(|()| Next::Nothing),
+            },
+            Feed::Socket(subscriber) => Ok(match subscriber.next().await {
+                Received::Events(events) => Next::Events(events),
+                Received::Dropped(n) => Next::Dropped(n),
+                Received::Ended => Next::Ended,
+            }),
+        }
+    }
+
+    /// What the ring holds now, for the consumer (served too); nothing for a subscriber.
+    fn drain_now(&mut self) -> Vec<Vec<u8>> {
+        match self {
+            Feed::Ring { consumer, ring } => {
+                let events = drain(ring.get_mut());
+                consumer.serve(&events);
+                events
+            }
+            Feed::Socket(_) => Vec::new(),
+        }
+    }
+
+    /// Follows the ring of the attachment that replaced the one in `dir`.
+    fn reopen(&mut self, dir: &Path) -> anyhow::Result<()> {
+        if let Feed::Ring { ring, .. } = self {
+            *ring = open_ring(dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn open_ring(dir: &Path) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+    let ring = attachment::open_events(dir)?;
+    // SAFETY: the ring buffer owns its map's descriptor and keeps it open, unchanged, for its
+    // whole life, which the AsyncFd now owns.
+    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("watching the event ring buffer")?;
+    Ok(ring)
+}
+
+/// Every event waiting in `ring`, as the kernel wrote it.
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Vec<u8>> {
+    let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        match Conflict::decode(&item) {
+        events.push(item.to_vec());
+    }
+    events
+}
+
+/// The events decoded; counts those that do not decode.
+fn decode(events: &[Vec<u8>], undecodable: &mut u64) -> Vec<Conflict> {
+    let mut conflicts = Vec::new();
+    for event in events {
+        match Conflict::decode(event) {
             Some(conflict) => conflicts.push(conflict),
             None => {
                 *undecodable += 1;
@@ -141,10 +254,10 @@ async fn resolve<T: Send + 'static>(
     value
 }
 
-/// The ring buffer being read, and what tells whether it is still the attachment's.
+/// The attachment being followed: its counters (lost events), and what tells whether it is
+/// still the one in its place.
 struct Source {
     dir: PathBuf,
-    ring: AsyncFd<RingBuf<MapData>>,
     /// The attachment directory's inode: `attach` replacing the programs makes a new one.
     dir_inode: u64,
     attachment: Attachment,
@@ -168,15 +281,8 @@ impl Source {
         let lost = attachment
             .counters()
             .map_or(0, |c| c.get(Counter::EventsLost));
-        let ring = attachment::open_events(dir)?;
-        // SAFETY: the ring buffer owns its map's descriptor and keeps it open, unchanged, for
-        // its whole life, which the AsyncFd now owns.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-            .context("watching the event ring buffer")?;
         Ok(Source {
             dir: dir.to_path_buf(),
-            ring,
             dir_inode,
             attachment,
             lost,
