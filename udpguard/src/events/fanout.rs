@@ -284,10 +284,11 @@ mod tests {
         }
         assert_eq!(split_batch(&payload), events);
         assert_eq!(
-            split_batch(&payload[..10]).len(),
+            split_batch(&payload[..11]).len(),
             1,
             "cut short: what is whole"
         );
+        assert!(split_batch(&payload[..10]).is_empty());
         assert!(split_batch(&[]).is_empty());
     }
 }
