@@ -5,15 +5,9 @@
 //! SIGINT/SIGTERM; or it adopts the attachment already there (applying `--mode`/`--errno` if
 //! given) and leaves it attached on exit. Either way it streams the conflict events to
 //! stdout, logs to stderr, and serves `/metrics` when given `--metrics-addr`.
-use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::{Context as _, bail};
-use axum::{
-    Router,
-    http::{StatusCode, header},
-    response::IntoResponse as _,
-    routing::get,
-};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -26,13 +20,10 @@ use crate::{
     cgroup::Cgroup,
     events,
     guard::{self, AttachOutcome, AttachRequest},
-    metrics, privilege,
+    privilege,
     routes::RouteMirror,
     watch::Watch,
 };
-
-/// How long the metrics server gets to finish its requests at exit.
-const SERVER_GRACE: Duration = Duration::from_secs(2);
 
 /// Arguments of `udpguard run`.
 #[derive(Debug, clap::Args)]
@@ -198,7 +189,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
         ),
     }
 
-    let server = listener.map(|listener| serve_metrics(listener, shutdown.clone()));
+    let server = listener.map(|listener| crate::http::Server::start(listener, shutdown.clone()));
     let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
     let scope = args.watch_cgroup.as_deref().map(Cgroup::open).transpose()?;
     // Below the cgroup root the fast path needs the watch; at the root, nothing more.
@@ -232,8 +223,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
         watch.stop();
     }
     if let Some(server) = server {
-        // On an error the shutdown signal never came: stop the server at once.
-        server.stop(SERVER_GRACE, streamed.is_err()).await;
+        server.stop().await;
     }
     if owned {
         match guard::detach(Some(&cgroup.path)) {
@@ -245,65 +235,4 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
         tracing::info!("left the attachment to {path} in place");
     }
     streamed
-}
-
-/// The metrics server, running as a task until shutdown.
-struct MetricsServer {
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl MetricsServer {
-    /// Waits for the server to finish its requests after shutdown, at most `grace`; stops it
-    /// at once when `now`.
-    async fn stop(self, grace: Duration, now: bool) {
-        let mut task = self.task;
-        if now {
-            task.abort();
-        }
-        match tokio::time::timeout(grace, &mut task).await {
-            Ok(Ok(Err(err))) => tracing::error!("metrics server: {err}"),
-            Ok(_) => {}
-            Err(_) => task.abort(),
-        }
-    }
-}
-
-/// Serves `GET /metrics` until `shutdown` turns true.
-fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) -> MetricsServer {
-    let local: Option<SocketAddr> = listener.local_addr().ok();
-    if let Some(addr) = local {
-        tracing::info!("serving metrics on http://{addr}/metrics");
-    }
-    let app = Router::new().route("/metrics", get(metrics_handler));
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
-    MetricsServer { task }
-}
-
-/// Reads the pinned counters now (on a blocking thread: they are syscalls and a cgroup walk).
-async fn metrics_handler() -> axum::response::Response {
-    let rendered = tokio::task::spawn_blocking(|| {
-        let scrape = metrics::scrape();
-        for problem in &scrape.unreadable {
-            tracing::warn!("{problem}");
-        }
-        metrics::render(&scrape.samples)
-    })
-    .await;
-    match rendered {
-        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
-        Err(err) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading the counters failed: {err}\n"),
-        )
-            .into_response(),
-    }
 }

@@ -729,3 +729,58 @@ fn when_the_reader_of_the_ring_is_killed_another_takes_over_and_misses_nothing()
     second.log_containing("from the kernel");
     assert_eq!(second.stop_with(libc::SIGTERM), 0);
 }
+
+#[test]
+fn slow_http_clients_cannot_exhaust_the_agent() {
+    let sb = Sandbox::new("slowloris");
+    let cgroup = sb.cgroup.to_str().unwrap();
+    let mut run = udpguard(
+        &sb,
+        &["run", "--cgroup", cgroup, "--metrics-addr", "127.0.0.1:0"],
+    );
+    let serving = run.log_containing("serving metrics on ");
+    let url = serving
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", run.child.id()))
+            .unwrap()
+            .count()
+    };
+    // Once its route mirror has settled.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = fds();
+    // 1,000 clients connect and send nothing (or half a request), and keep their end open.
+    let slow: Vec<std::net::TcpStream> = (0..1000)
+        .filter_map(|i| {
+            let mut s = std::net::TcpStream::connect(addr).ok()?;
+            if i % 2 == 0 {
+                let _ = std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHo");
+            }
+            Some(s)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = fds();
+    // Each held for at most the header timeout: then the agent closes them, and serves again.
+    std::thread::sleep(Duration::from_secs(7));
+    let after = fds();
+    let scraped = parse_exposition(&url, None);
+    drop(slow);
+    eprintln!("agent fds: {idle} idle, {busy} with 1,000 slow clients, {after} after");
+    // At most 64 connections at once; the rest are closed as they come.
+    assert!(busy <= idle + 64 + 4, "the agent held {busy} fds");
+    assert!(after <= idle + 4, "{after} fds after the timeout");
+    assert!(
+        scraped["content_type"]
+            .as_str()
+            .unwrap()
+            .contains("openmetrics")
+    );
+    assert_eq!(run.stop_with(libc::SIGTERM), 0);
+}
