@@ -61,8 +61,9 @@ pub fn scrape() -> Scrape {
                 counters,
             }),
             Err(err) => scrape.unreadable.push(format!(
-                "cannot read the counters in {}: {err} (made by another udpguard version?)",
-                dir.display()
+                "cannot read the counters in {}: {}",
+                dir.display(),
+                crate::status::unreadable(&err)
             )),
         }
     }

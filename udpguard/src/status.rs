@@ -102,7 +102,7 @@ pub fn collect() -> Status {
 }
 
 /// What to say when an attachment's pins cannot be read.
-fn unreadable(err: &crate::error::Error) -> String {
+pub fn unreadable(err: &crate::error::Error) -> String {
     let cause = match err {
         crate::error::Error::Bpf(e) => e
             .chain()
