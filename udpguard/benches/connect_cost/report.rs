@@ -111,12 +111,92 @@ pub fn fmt_ns(ns: f64) -> String {
     format!("{value:.digits$} {unit}")
 }
 
-pub fn fmt_ratio(r: &stats::Ratio) -> String {
+fn fmt_ratio(r: &stats::Ratio) -> String {
     format!("{:.2}x [{:.2}-{:.2}]", r.value, r.low, r.high)
 }
 
-pub fn fmt_program(p: Option<ProgramTime>) -> String {
-    p.map_or_else(|| "n/a".into(), |p| fmt_ns(p.ns_per_run))
+/// "n/a" without the BPF stats.
+fn fmt_or_na(ns: Option<f64>) -> String {
+    ns.map_or_else(|| "n/a".into(), fmt_ns)
+}
+
+fn fmt_program(p: Option<ProgramTime>) -> String {
+    fmt_or_na(p.map(|p| p.ns_per_run))
+}
+
+/// The programs' time per operation.
+fn fmt_total(p: Option<ProgramTimes>) -> String {
+    fmt_or_na(p.map(|p| p.total()))
+}
+
+/// A text table's layout: groups of right-aligned columns of these widths, " | " between the
+/// groups, " " inside one, and the length of the rule under the header.
+struct Layout {
+    groups: &'static [&'static [usize]],
+    rule: usize,
+}
+
+/// Sockets | no program | then time and ratio of each setup | c4 alone, c4 fast.
+const SETUPS: Layout = Layout {
+    groups: &[
+        &[8],
+        &[10],
+        &[10, 18],
+        &[10, 18],
+        &[10, 18],
+        &[10, 18],
+        &[10, 18],
+        &[9, 9],
+    ],
+    rule: 203,
+};
+
+const PROGRAMS: Layout = Layout {
+    groups: &[
+        &[8],
+        &[10, 10, 10, 10],
+        &[10, 10],
+        &[10, 10],
+        &[10],
+        &[10, 10],
+        &[10],
+    ],
+    rule: 158,
+};
+
+const HIT: Layout = Layout {
+    groups: &[&[8], &[10], &[10, 18], &[10, 10], &[10, 18], &[10]],
+    rule: 125,
+};
+
+impl Layout {
+    fn row<S: AsRef<str>>(&self, out: &mut String, cells: &[S]) {
+        let mut cells = cells.iter();
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .map(|widths| {
+                let group: Vec<String> = widths
+                    .iter()
+                    .map(|&width| {
+                        let cell = cells.next().expect("a cell for every column").as_ref();
+                        format!("{cell:>width$}")
+                    })
+                    .collect();
+                group.join(" ")
+            })
+            .collect();
+        assert!(cells.next().is_none(), "a column for every cell");
+        out.push_str(&groups.join(" | "));
+        out.push('\n');
+    }
+
+    /// The column names and the rule under them.
+    fn header(&self, out: &mut String, names: &[&str]) {
+        self.row(out, names);
+        out.push_str(&"-".repeat(self.rule));
+        out.push('\n');
+    }
 }
 
 pub fn table(report: &Report) -> String {
@@ -133,86 +213,66 @@ pub fn table(report: &Report) -> String {
         report.rounds
     );
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
-        "sockets",
-        "no program",
-        "empty x3",
-        "ratio",
-        "reference",
-        "ratio",
-        "udpguard",
-        "ratio",
-        "audit",
-        "ratio",
-        "fast path",
-        "ratio",
-        "c4 alone",
-        "c4 fast"
+    SETUPS.header(
+        &mut out,
+        &[
+            "sockets",
+            "no program",
+            "empty x3",
+            "ratio",
+            "reference",
+            "ratio",
+            "udpguard",
+            "ratio",
+            "audit",
+            "ratio",
+            "fast path",
+            "ratio",
+            "c4 alone",
+            "c4 fast",
+        ],
     );
-    let _ = writeln!(out, "{}", "-".repeat(203));
     for l in &report.levels {
-        let _ = writeln!(
-            out,
-            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>10} {:>18} | {:>9} {:>9}",
-            l.sockets,
-            fmt_ns(l.no_program.ns_per_op),
-            fmt_ns(l.floor.ns_per_op),
-            fmt_ratio(&l.floor.ratio),
-            fmt_ns(l.reference.ns_per_op),
-            fmt_ratio(&l.reference.ratio),
-            fmt_ns(l.enforce.ns_per_op),
-            fmt_ratio(&l.enforce.ratio),
-            fmt_ns(l.audit.ns_per_op),
-            fmt_ratio(&l.audit.ratio),
-            fmt_ns(l.fast.ns_per_op),
-            fmt_ratio(&l.fast.ratio),
+        let mut cells = vec![l.sockets.to_string(), fmt_ns(l.no_program.ns_per_op)];
+        for m in [l.floor, l.reference, l.enforce, l.audit, l.fast] {
+            cells.extend([fmt_ns(m.ns_per_op), fmt_ratio(&m.ratio)]);
+        }
+        cells.extend([
             fmt_program(l.programs_enforce.map(|p| p.connect4)),
             fmt_program(l.programs_fast.map(|p| p.connect4)),
-        );
+        ]);
+        SETUPS.row(&mut out, &cells);
     }
     let _ = writeln!(
         out,
         "\nprogram time per run (BPF stats: run_time_ns / run_cnt, median of {STATS_WINDOWS} windows); \
          per op = connect4 + sock_create + sock_release:"
     );
-    let _ = writeln!(
-        out,
-        "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10} | {:>10}",
-        "sockets",
-        "connect4",
-        "create",
-        "release",
-        "per op",
-        "audit c4",
-        "per op",
-        "fast c4",
-        "per op",
-        "hit c4",
-        "empty c4",
-        "per op",
-        "ref c4"
+    PROGRAMS.header(
+        &mut out,
+        &[
+            "sockets", "connect4", "create", "release", "per op", "audit c4", "per op", "fast c4",
+            "per op", "hit c4", "empty c4", "per op", "ref c4",
+        ],
     );
-    let _ = writeln!(out, "{}", "-".repeat(158));
     for l in &report.levels {
-        let total = |p: Option<ProgramTimes>| p.map_or_else(|| "n/a".into(), |p| fmt_ns(p.total()));
-        let _ = writeln!(
-            out,
-            "{:>8} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>10} | {:>10} {:>10} | {:>10}",
-            l.sockets,
-            fmt_program(l.programs_enforce.map(|p| p.connect4)),
-            fmt_program(l.programs_enforce.map(|p| p.sock_create)),
-            fmt_program(l.programs_enforce.map(|p| p.sock_release)),
-            total(l.programs_enforce),
-            fmt_program(l.programs_audit.map(|p| p.connect4)),
-            total(l.programs_audit),
-            fmt_program(l.programs_fast.map(|p| p.connect4)),
-            total(l.programs_fast),
-            fmt_program(l.programs_hit.map(|p| p.connect4)),
-            fmt_program(l.programs_floor.map(|p| p.connect4)),
-            total(l.programs_floor),
-            fmt_program(l.programs_reference),
+        PROGRAMS.row(
+            &mut out,
+            &[
+                l.sockets.to_string(),
+                fmt_program(l.programs_enforce.map(|p| p.connect4)),
+                fmt_program(l.programs_enforce.map(|p| p.sock_create)),
+                fmt_program(l.programs_enforce.map(|p| p.sock_release)),
+                fmt_total(l.programs_enforce),
+                fmt_program(l.programs_audit.map(|p| p.connect4)),
+                fmt_total(l.programs_audit),
+                fmt_program(l.programs_fast.map(|p| p.connect4)),
+                fmt_total(l.programs_fast),
+                fmt_program(l.programs_hit.map(|p| p.connect4)),
+                fmt_program(l.programs_floor.map(|p| p.connect4)),
+                fmt_total(l.programs_floor),
+                fmt_program(l.programs_reference),
+            ],
         );
     }
     let _ = writeln!(
@@ -226,34 +286,34 @@ pub fn table(report: &Report) -> String {
         "\nhit path: a holder already has 127.0.0.1:4444 -> 127.0.0.1:1111; udpguard refuses the \
          loop's connect (EPERM); with no program it succeeds (a duplicate):"
     );
-    let _ = writeln!(
-        out,
-        "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>10} | {:>10} {:>18} | {:>10}",
-        "sockets",
-        "no program",
-        "refused",
-        "ratio",
-        "connect4",
-        "per op",
-        "reference",
-        "ratio",
-        "ref c4"
+    HIT.header(
+        &mut out,
+        &[
+            "sockets",
+            "no program",
+            "refused",
+            "ratio",
+            "connect4",
+            "per op",
+            "reference",
+            "ratio",
+            "ref c4",
+        ],
     );
-    let _ = writeln!(out, "{}", "-".repeat(125));
     for l in &report.levels {
-        let _ = writeln!(
-            out,
-            "{:>8} | {:>10} | {:>10} {:>18} | {:>10} {:>10} | {:>10} {:>18} | {:>10}",
-            l.sockets,
-            fmt_ns(l.hit_no_program.ns_per_op),
-            fmt_ns(l.hit_enforce.ns_per_op),
-            fmt_ratio(&l.hit_enforce.ratio),
-            fmt_program(l.programs_hit.map(|p| p.connect4)),
-            l.programs_hit
-                .map_or_else(|| "n/a".into(), |p| fmt_ns(p.total())),
-            fmt_ns(l.hit_reference.ns_per_op),
-            fmt_ratio(&l.hit_reference.ratio),
-            fmt_program(l.programs_hit_reference),
+        HIT.row(
+            &mut out,
+            &[
+                l.sockets.to_string(),
+                fmt_ns(l.hit_no_program.ns_per_op),
+                fmt_ns(l.hit_enforce.ns_per_op),
+                fmt_ratio(&l.hit_enforce.ratio),
+                fmt_program(l.programs_hit.map(|p| p.connect4)),
+                fmt_total(l.programs_hit),
+                fmt_ns(l.hit_reference.ns_per_op),
+                fmt_ratio(&l.hit_reference.ratio),
+                fmt_program(l.programs_hit_reference),
+            ],
         );
     }
     if report.events_lost > 0 {
