@@ -1,67 +1,33 @@
 //! The SVG plot of the time per operation against the number of background sockets.
-use crate::report::Report;
+use crate::report::{Level, Measured, Report};
 
 pub fn plot(report: &Report) -> String {
     let xs: Vec<usize> = report.levels.iter().map(|l| l.sockets).collect();
+    // One line per setup; `noted` ones carry their ratio to "no program" at every point.
+    let line = |label, color, dashed, noted: bool, pick: fn(&Level) -> Measured| {
+        let measured: Vec<Measured> = report.levels.iter().map(pick).collect();
+        svg::Series {
+            label,
+            color,
+            dashed,
+            values: measured.iter().map(|m| m.ns_per_op).collect(),
+            notes: if noted {
+                measured
+                    .iter()
+                    .map(|m| format!("{:.2}x", m.ratio.value))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    };
     let series = [
-        svg::Series {
-            label: "no program",
-            color: "#555555",
-            dashed: false,
-            values: report
-                .levels
-                .iter()
-                .map(|l| l.no_program.ns_per_op)
-                .collect(),
-            notes: Vec::new(),
-        },
-        svg::Series {
-            label: "empty programs",
-            color: "#999999",
-            dashed: true,
-            values: report.levels.iter().map(|l| l.floor.ns_per_op).collect(),
-            notes: Vec::new(),
-        },
-        svg::Series {
-            label: "reference design",
-            color: "#ff7f0e",
-            dashed: true,
-            values: report
-                .levels
-                .iter()
-                .map(|l| l.reference.ns_per_op)
-                .collect(),
-            notes: Vec::new(),
-        },
-        svg::Series {
-            label: "udpguard",
-            color: "#d62728",
-            dashed: false,
-            values: report.levels.iter().map(|l| l.enforce.ns_per_op).collect(),
-            notes: report
-                .levels
-                .iter()
-                .map(|l| format!("{:.2}x", l.enforce.ratio.value))
-                .collect(),
-        },
-        svg::Series {
-            label: "udpguard audit",
-            color: "#1f77b4",
-            dashed: true,
-            values: report.levels.iter().map(|l| l.audit.ns_per_op).collect(),
-            notes: Vec::new(),
-        },
-        svg::Series {
-            label: "fast path (agent)",
-            color: "#2ca02c",
-            dashed: false,
-            values: report.levels.iter().map(|l| l.fast.ns_per_op).collect(),
-            notes: report
-                .levels
-                .iter()
-                .map(|l| format!("{:.2}x", l.fast.ratio.value))
-                .collect(),
-        },
+        line("no program", "#555555", false, false, |l| l.no_program),
+        line("empty programs", "#999999", true, false, |l| l.floor),
+        line("reference design", "#ff7f0e", true, false, |l| l.reference),
+        line("udpguard", "#d62728", false, true, |l| l.enforce),
+        line("udpguard audit", "#1f77b4", true, false, |l| l.audit),
+        line("fast path (agent)", "#2ca02c", false, true, |l| l.fast),
     ];
     svg::chart(
         "UDP bind + connect + close vs connected sockets on the local port",
