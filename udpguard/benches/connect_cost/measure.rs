@@ -147,12 +147,7 @@ pub fn program_windows(
     ops: u64,
     hit_ops: u64,
 ) -> anyhow::Result<HashMap<(Setup, bool), ProgramTimes>> {
-    let (floor_ids, reference_id) = guard.baseline_ids()?;
-    let reference_ids = ProgramIds {
-        connect4: reference_id,
-        create: None,
-        release: None,
-    };
+    let (floor_ids, reference_ids) = guard.baseline_ids()?;
     let _stats = StatsOn::enable()?;
     let window =
         |worker: &mut Worker, ids: &ProgramIds, ops: u64| -> anyhow::Result<ProgramTimes> {

@@ -12,12 +12,14 @@ use aya::programs::{
     cgroup_sock_addr::CgroupSockAddrLinkId,
     links::{FdLink, PinnedLink},
 };
-use udpguard::{guard, loader::program, routes::RouteMirror, settings::Mode};
+use udpguard::{
+    guard, loader::program, routes::RouteMirror, settings::Mode, status::AttachmentStatus,
+};
 
 use crate::{bpf_stats::ProgramIds, worker::Worker};
 
 /// Room for every conflict event of the hit batches between two drains.
-pub const EVENTS_BUFFER: u32 = 16 << 20;
+const EVENTS_BUFFER: u32 = 16 << 20;
 
 /// What is attached to the sandbox's cgroup while a batch runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,11 +136,7 @@ impl Guard<'_> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             worker.run(20)?;
-            let on = udpguard::status::collect()
-                .attachments
-                .first()
-                .and_then(|a| a.fast_path_namespaces)
-                .unwrap_or(0);
+            let on = attached().and_then(|a| a.fast_path_namespaces).unwrap_or(0);
             if on > 0 {
                 return Ok(());
             }
@@ -148,18 +146,15 @@ impl Guard<'_> {
     }
 
     /// The baselines' program ids (see [`Baselines::program_ids`]).
-    pub fn baseline_ids(&mut self) -> anyhow::Result<(ProgramIds, u32)> {
+    pub fn baseline_ids(&mut self) -> anyhow::Result<(ProgramIds, ProgramIds)> {
         self.baselines.program_ids()
     }
 
-    /// The attachment's pin directory (there is one: the sandbox has its own pin root).
+    /// The attachment's pin directory.
     fn pin_dir(&self) -> anyhow::Result<PathBuf> {
-        let status = udpguard::status::collect();
-        let attachment = status
-            .attachments
-            .first()
-            .context("nothing attached to the sandbox")?;
-        Ok(attachment.pin_dir.clone())
+        Ok(attached()
+            .context("nothing attached to the sandbox")?
+            .pin_dir)
     }
 
     /// Empties the conflict-event ring buffer (as `udpguard run` would) and returns the
@@ -167,10 +162,7 @@ impl Guard<'_> {
     pub fn drain_events(&self) -> anyhow::Result<u64> {
         let mut events = udpguard::attachment::open_events(&self.pin_dir()?)?;
         while events.next().is_some() {}
-        let status = udpguard::status::collect();
-        Ok(status
-            .attachments
-            .first()
+        Ok(attached()
             .and_then(|a| a.counters.get("events_lost").copied())
             .unwrap_or(0))
     }
@@ -178,11 +170,7 @@ impl Guard<'_> {
     /// The ids of the attached programs: connect4 (from `status`), sock_create and
     /// sock_release (from their pinned links).
     pub fn program_ids(&self) -> anyhow::Result<ProgramIds> {
-        let status = udpguard::status::collect();
-        let attachment = status
-            .attachments
-            .first()
-            .context("nothing attached to the sandbox")?;
+        let attachment = attached().context("nothing attached to the sandbox")?;
         let link = |pin: &str| -> anyhow::Result<u32> {
             let link: FdLink = PinnedLink::from_pin(attachment.pin_dir.join(pin))
                 .with_context(|| format!("opening the pinned link {pin}"))?
@@ -200,22 +188,27 @@ impl Guard<'_> {
     }
 }
 
+/// The sandbox's attachment as `status` reports it (there is one at most: the sandbox has its
+/// own pin root).
+fn attached() -> Option<AttachmentStatus> {
+    udpguard::status::collect().attachments.into_iter().next()
+}
+
 /// The baselines' own eBPF object (udpguard-ebpf's `baselines.rs`), built beside udpguard's
 /// but never part of it.
-pub static BASELINES: &[u8] =
+static BASELINES: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udpguard-baselines"));
 
-/// Names of the programs in [`BASELINES`].
-mod program_names {
-    /// Empty programs on connect4, sock_create and sock_release: the floor.
-    pub const FLOOR: [&str; 3] = ["floor_connect4", "floor_create", "floor_release"];
-    /// The reference design's connect4 (lookup, EPERM).
-    pub const REFERENCE: &str = "reference_connect4";
-}
+/// Names of the programs in [`BASELINES`]: empty programs on connect4, sock_create and
+/// sock_release (the floor), and the reference design's connect4 (lookup, EPERM).
+const FLOOR_CONNECT4: &str = "floor_connect4";
+const FLOOR_CREATE: &str = "floor_create";
+const FLOOR_RELEASE: &str = "floor_release";
+const REFERENCE_CONNECT4: &str = "reference_connect4";
 
 /// The programs udpguard is measured against: loaded once from their own object, attached to
 /// the sandbox's cgroup while their setup runs.
-pub struct Baselines {
+struct Baselines {
     ebpf: aya::Ebpf,
     floor: Option<(CgroupSockAddrLinkId, CgroupSockLinkId, CgroupSockLinkId)>,
     reference: Option<CgroupSockAddrLinkId>,
@@ -223,19 +216,28 @@ pub struct Baselines {
 
 impl Baselines {
     fn load() -> anyhow::Result<Baselines> {
-        let mut ebpf = aya::Ebpf::load(BASELINES).context("loading the baselines' eBPF object")?;
-        let [connect4, create, release] = program_names::FLOOR;
-        for name in [connect4, program_names::REFERENCE] {
-            program::<CgroupSockAddr>(&mut ebpf, name)?.load()?;
-        }
-        for name in [create, release] {
-            program::<CgroupSock>(&mut ebpf, name)?.load()?;
-        }
-        Ok(Baselines {
-            ebpf,
+        let mut baselines = Baselines {
+            ebpf: aya::Ebpf::load(BASELINES).context("loading the baselines' eBPF object")?,
             floor: None,
             reference: None,
-        })
+        };
+        for name in [FLOOR_CONNECT4, REFERENCE_CONNECT4] {
+            baselines.connect4(name)?.load()?;
+        }
+        for name in [FLOOR_CREATE, FLOOR_RELEASE] {
+            baselines.sock(name)?.load()?;
+        }
+        Ok(baselines)
+    }
+
+    /// The connect4 program `name`.
+    fn connect4(&mut self, name: &str) -> anyhow::Result<&mut CgroupSockAddr> {
+        Ok(program(&mut self.ebpf, name)?)
+    }
+
+    /// The sock_create or sock_release program `name`.
+    fn sock(&mut self, name: &str) -> anyhow::Result<&mut CgroupSock> {
+        Ok(program(&mut self.ebpf, name)?)
     }
 
     /// Attaches the programs of `setup` ([`Setup::Floor`] or [`Setup::Reference`]).
@@ -243,18 +245,16 @@ impl Baselines {
         let dir =
             std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         let mode = CgroupAttachMode::Single;
-        let [connect4, create, release] = program_names::FLOOR;
         match setup {
             Setup::Floor => {
                 self.floor = Some((
-                    program::<CgroupSockAddr>(&mut self.ebpf, connect4)?.attach(&dir, mode)?,
-                    program::<CgroupSock>(&mut self.ebpf, create)?.attach(&dir, mode)?,
-                    program::<CgroupSock>(&mut self.ebpf, release)?.attach(&dir, mode)?,
+                    self.connect4(FLOOR_CONNECT4)?.attach(&dir, mode)?,
+                    self.sock(FLOOR_CREATE)?.attach(&dir, mode)?,
+                    self.sock(FLOOR_RELEASE)?.attach(&dir, mode)?,
                 ));
             }
             Setup::Reference => {
-                let program = program::<CgroupSockAddr>(&mut self.ebpf, program_names::REFERENCE)?;
-                self.reference = Some(program.attach(&dir, mode)?);
+                self.reference = Some(self.connect4(REFERENCE_CONNECT4)?.attach(&dir, mode)?);
             }
             _ => bail!("{} is not a baseline", setup.label()),
         }
@@ -263,31 +263,29 @@ impl Baselines {
 
     /// Detaches whatever is attached.
     fn detach(&mut self) -> anyhow::Result<()> {
-        let [connect4, create, release] = program_names::FLOOR;
-        if let Some((connect4_link, create_link, release_link)) = self.floor.take() {
-            program::<CgroupSockAddr>(&mut self.ebpf, connect4)?.detach(connect4_link)?;
-            program::<CgroupSock>(&mut self.ebpf, create)?.detach(create_link)?;
-            program::<CgroupSock>(&mut self.ebpf, release)?.detach(release_link)?;
+        if let Some((connect4, create, release)) = self.floor.take() {
+            self.connect4(FLOOR_CONNECT4)?.detach(connect4)?;
+            self.sock(FLOOR_CREATE)?.detach(create)?;
+            self.sock(FLOOR_RELEASE)?.detach(release)?;
         }
         if let Some(link) = self.reference.take() {
-            program::<CgroupSockAddr>(&mut self.ebpf, program_names::REFERENCE)?.detach(link)?;
+            self.connect4(REFERENCE_CONNECT4)?.detach(link)?;
         }
         Ok(())
     }
 
-    /// The floor's program ids, and the reference's connect4.
-    fn program_ids(&mut self) -> anyhow::Result<(ProgramIds, u32)> {
-        let [connect4, create, release] = program_names::FLOOR;
+    /// The floor's program ids, and the reference's (a connect4 alone).
+    fn program_ids(&mut self) -> anyhow::Result<(ProgramIds, ProgramIds)> {
         let floor = ProgramIds {
-            connect4: program::<CgroupSockAddr>(&mut self.ebpf, connect4)?
-                .info()?
-                .id(),
-            create: Some(program::<CgroupSock>(&mut self.ebpf, create)?.info()?.id()),
-            release: Some(program::<CgroupSock>(&mut self.ebpf, release)?.info()?.id()),
+            connect4: self.connect4(FLOOR_CONNECT4)?.info()?.id(),
+            create: Some(self.sock(FLOOR_CREATE)?.info()?.id()),
+            release: Some(self.sock(FLOOR_RELEASE)?.info()?.id()),
         };
-        let reference = program::<CgroupSockAddr>(&mut self.ebpf, program_names::REFERENCE)?
-            .info()?
-            .id();
+        let reference = ProgramIds {
+            connect4: self.connect4(REFERENCE_CONNECT4)?.info()?.id(),
+            create: None,
+            release: None,
+        };
         Ok((floor, reference))
     }
 }
