@@ -54,13 +54,15 @@ mod stats;
 mod worker;
 
 use crate::{
-    bpf_stats::BPF_STATS_SYSCTL,
     measure::measure_level,
     options::Options,
     plot::plot,
     report::{Machine, Report, table},
     setups::{Guard, Setup},
-    worker::{Background, HOLDER_ARG, WORKER_ARG, Worker, holder_main, on_signal, worker_main},
+    worker::{
+        Background, HOLDER_ARG, WORKER_ARG, Worker, holder_main, stop_between_batches_on_signals,
+        worker_main,
+    },
 };
 
 fn main() -> ExitCode {
@@ -87,16 +89,9 @@ fn orchestrate(options: &Options) -> anyhow::Result<()> {
              (run: sudo cargo bench -p udpguard --bench connect_cost)"
         );
     }
-    // Ctrl-C: stop between batches and clean up (the sandbox's Drop), instead of dying.
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
+    stop_between_batches_on_signals();
     let machine = Machine::probe();
-    let bpf_stats_were_on =
-        std::fs::read_to_string(BPF_STATS_SYSCTL).is_ok_and(|v| v.trim() != "0");
+    let bpf_stats_were_on = bpf_stats::already_on();
     let sandbox = Sandbox::new("connect-cost")?;
     // SAFETY: single-threaded; the guard's library code reads this to find its pins.
     unsafe { std::env::set_var("UDPGUARD_PIN_ROOT", &sandbox.pin_root) };

@@ -7,7 +7,13 @@ use serde::Serialize;
 
 use crate::stats;
 
-pub const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Whether kernel.bpf_stats_enabled is already 1 (then every program run pays the stats' clock
+/// reads, also in the timed batches).
+pub fn already_on() -> bool {
+    std::fs::read_to_string(BPF_STATS_SYSCTL).is_ok_and(|v| v.trim() != "0")
+}
 
 pub struct ProgramIds {
     pub connect4: u32,

@@ -14,19 +14,32 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use udpguard::sandbox::Sandbox;
 
 /// The local address every socket in the bench shares.
-pub const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4444);
+const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4444);
 /// The measured loop's peer (and, on the hit path, the holder's).
-pub const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1111);
+const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1111);
 /// Background sockets per helper process (the open-file hard limit is 20,000 per process).
-pub const PER_HOLDER: usize = 5_000;
+const PER_HOLDER: usize = 5_000;
 /// The worker's and helpers' argument that selects their mode (cargo adds `--bench`).
 pub const WORKER_ARG: &str = "__connect_cost_worker";
 pub const HOLDER_ARG: &str = "__connect_cost_holder";
 
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set on SIGINT / SIGTERM: the next command to the worker fails, so the bench stops between
+/// batches.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-pub extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C (and SIGTERM): stop between batches and clean up (the sandbox's Drop), instead of
+/// dying.
+pub fn stop_between_batches_on_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
 }
 
 /// The worker: reads commands on stdin, one per line, and answers each on stdout.
@@ -69,10 +82,8 @@ pub fn worker_main() -> anyhow::Result<()> {
 
 /// The measured operation. Returns whether the guard refused the connect (EPERM).
 #[inline(never)]
-pub fn bind_connect_close(local: &SockAddr, peer: &SockAddr) -> anyhow::Result<bool> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(local)?;
+fn bind_connect_close(local: &SockAddr, peer: &SockAddr) -> anyhow::Result<bool> {
+    let socket = bound(local)?;
     match socket.connect(peer) {
         Ok(()) => Ok(false),
         Err(err) if err.raw_os_error() == Some(libc::EPERM) => Ok(true),
@@ -81,11 +92,18 @@ pub fn bind_connect_close(local: &SockAddr, peer: &SockAddr) -> anyhow::Result<b
     // The socket closes here, inside the measured operation.
 }
 
-/// A socket on LOCAL (SO_REUSEADDR) connected to `peer`.
-pub fn connected(local: &SockAddr, peer: &SockAddr) -> anyhow::Result<Socket> {
+/// A UDP socket on `local` with SO_REUSEADDR (inlined: it is part of the measured operation).
+#[inline(always)]
+fn bound(local: &SockAddr) -> anyhow::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(local)?;
+    Ok(socket)
+}
+
+/// A socket on LOCAL (SO_REUSEADDR) connected to `peer`.
+fn connected(local: &SockAddr, peer: &SockAddr) -> anyhow::Result<Socket> {
+    let socket = bound(local)?;
     socket.connect(peer)?;
     Ok(socket)
 }
@@ -111,14 +129,14 @@ pub fn holder_main(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The peer of background socket `i`: 127.0.0.2:10000, 127.0.0.2:10001, ...
-pub fn background_peer(i: usize) -> SocketAddrV4 {
+fn background_peer(i: usize) -> SocketAddrV4 {
     let host = u8::try_from(2 + i / 50_000).expect("at most 200,000 background sockets");
     let port = u16::try_from(10_000 + i % 50_000).expect("a port below 60,000");
     SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), port)
 }
 
 /// Soft open-file limit up to the hard limit (no CAP_SYS_RESOURCE needed).
-pub fn raise_open_file_limit() -> anyhow::Result<()> {
+fn raise_open_file_limit() -> anyhow::Result<()> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -149,16 +167,22 @@ pub struct Batch {
     pub refused: u64,
 }
 
+/// This bench's own binary in the sandbox (its cgroup and network namespace), in the mode
+/// `args` select, talking over pipes.
+fn spawn_in(sandbox: &Sandbox, args: &[String], what: &str) -> anyhow::Result<Child> {
+    sandbox
+        .command(std::env::current_exe()?, true)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {what}"))
+}
+
 impl Worker {
     pub fn spawn(sandbox: &Sandbox) -> anyhow::Result<Worker> {
-        let mut child = sandbox
-            .command(std::env::current_exe()?, true)
-            .arg(WORKER_ARG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the worker")?;
+        let mut child = spawn_in(sandbox, &[WORKER_ARG.to_string()], "the worker")?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         Ok(Worker {
@@ -218,18 +242,12 @@ impl Background {
         let first_new = self.holders.len();
         while self.sockets < target {
             let count = PER_HOLDER.min(target - self.sockets);
-            let child = sandbox
-                .command(std::env::current_exe()?, true)
-                .args([
-                    HOLDER_ARG.to_string(),
-                    self.sockets.to_string(),
-                    count.to_string(),
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("starting a socket holder")?;
+            let args = [
+                HOLDER_ARG.to_string(),
+                self.sockets.to_string(),
+                count.to_string(),
+            ];
+            let child = spawn_in(sandbox, &args, "a socket holder")?;
             self.holders.push(child);
             self.sockets += count;
         }
