@@ -15,13 +15,6 @@ pub fn already_on() -> bool {
     std::fs::read_to_string(BPF_STATS_SYSCTL).is_ok_and(|v| v.trim() != "0")
 }
 
-pub struct ProgramIds {
-    pub connect4: u32,
-    /// None for a setup without these hooks (the reference design).
-    pub create: Option<u32>,
-    pub release: Option<u32>,
-}
-
 /// Keeps the kernel's BPF run-time stats on: with BPF_ENABLE_STATS, which turns them off again
 /// when the fd closes (also if the bench dies), else with the sysctl, restored on drop.
 pub struct StatsOn {
@@ -55,17 +48,30 @@ impl Drop for StatsOn {
     }
 }
 
+/// The programs a setup has on the three hooks, whose run times are read.
+pub struct ProgramIds {
+    pub connect4: u32,
+    /// None for a setup without these hooks (the reference design).
+    pub create: Option<u32>,
+    pub release: Option<u32>,
+}
+
 /// run_time_ns and run_cnt of every loaded program, by id.
-pub fn program_counts() -> anyhow::Result<HashMap<u32, (u64, u64)>> {
-    aya::programs::loaded_programs()
-        .map(|info| {
-            let info = info?;
-            Ok((
-                info.id(),
-                (info.run_time().as_nanos() as u64, info.run_count()),
-            ))
-        })
-        .collect()
+pub struct Counts(HashMap<u32, (u64, u64)>);
+
+impl Counts {
+    pub fn read() -> anyhow::Result<Counts> {
+        aya::programs::loaded_programs()
+            .map(|info| {
+                let info = info?;
+                Ok((
+                    info.id(),
+                    (info.run_time().as_nanos() as u64, info.run_count()),
+                ))
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Counts)
+    }
 }
 
 /// A program's mean time per run over a window.
@@ -75,23 +81,21 @@ pub struct ProgramTime {
     pub runs: u64,
 }
 
-pub fn program_time(
-    before: &HashMap<u32, (u64, u64)>,
-    after: &HashMap<u32, (u64, u64)>,
-    id: u32,
-) -> anyhow::Result<ProgramTime> {
-    let (Some(&(t0, n0)), Some(&(t1, n1))) = (before.get(&id), after.get(&id)) else {
-        bail!("program {id} disappeared");
-    };
-    let runs = n1 - n0;
-    Ok(ProgramTime {
-        ns_per_run: if runs == 0 {
-            0.0
-        } else {
-            (t1 - t0) as f64 / runs as f64
-        },
-        runs,
-    })
+impl ProgramTime {
+    fn between(before: &Counts, after: &Counts, id: u32) -> anyhow::Result<ProgramTime> {
+        let (Some(&(t0, n0)), Some(&(t1, n1))) = (before.0.get(&id), after.0.get(&id)) else {
+            bail!("program {id} disappeared");
+        };
+        let runs = n1 - n0;
+        Ok(ProgramTime {
+            ns_per_run: if runs == 0 {
+                0.0
+            } else {
+                (t1 - t0) as f64 / runs as f64
+            },
+            runs,
+        })
+    }
 }
 
 /// The programs' time per run for one setup and path.
@@ -103,6 +107,21 @@ pub struct ProgramTimes {
 }
 
 impl ProgramTimes {
+    /// The time per run of the programs `ids` names over the window between two readings;
+    /// zero (and no runs) on a hook without a program.
+    pub fn between(before: &Counts, after: &Counts, ids: &ProgramIds) -> anyhow::Result<Self> {
+        let time = |id: Option<u32>| {
+            id.map_or(Ok(ProgramTime::default()), |id| {
+                ProgramTime::between(before, after, id)
+            })
+        };
+        Ok(ProgramTimes {
+            connect4: time(Some(ids.connect4))?,
+            sock_create: time(ids.create)?,
+            sock_release: time(ids.release)?,
+        })
+    }
+
     /// Each program's median time per run over several windows, and its runs in all.
     pub fn median(windows: &[ProgramTimes]) -> ProgramTimes {
         let of = |pick: fn(&ProgramTimes) -> ProgramTime| {

@@ -1,17 +1,17 @@
 //! What is measured at one N: the interleaved timed rounds of every setup, then the programs'
 //! own time in windows with the BPF stats on.
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, fmt::Write as _, time::Instant};
 
 use anyhow::ensure;
 use udpguard::sandbox::Sandbox;
 
 use crate::{
-    bpf_stats::{ProgramIds, ProgramTime, ProgramTimes, StatsOn, program_counts, program_time},
+    bpf_stats::{Counts, ProgramIds, ProgramTimes, StatsOn},
     options::Options,
     report::{Level, Measured, fmt_ns},
     setups::{Guard, Setup},
     stats,
-    worker::{Background, Batch, Worker},
+    worker::{Background, Worker},
 };
 
 /// Windows with the BPF stats on, per N; each program's time is the median over them.
@@ -39,18 +39,23 @@ pub fn measure_level(
 
     // Batch sizes: about `batch_ms` with no program.
     let batch_ns = options.batch_ms as f64 * 1e6;
-    let size = |probe: Batch| (batch_ns / probe.ns_per_op).clamp(10.0, 1e6) as u64;
-    worker.run(20)?;
-    let ops = size(worker.run(20)?);
-    worker.hold(true)?;
-    worker.run(20)?;
-    let hit_ops = size(worker.run(20)?);
-    worker.hold(false)?;
+    let size = |worker: &mut Worker, hit: bool| {
+        worker.on_path(hit, |worker| {
+            worker.run(20)?;
+            let probe = worker.run(20)?;
+            Ok((batch_ns / probe.ns_per_op).clamp(10.0, 1e6) as u64)
+        })
+    };
+    let ops = size(worker, false)?;
+    let hit_ops = size(worker, true)?;
 
     let mut times: HashMap<(Setup, bool), Vec<f64>> = HashMap::new();
-    let timed = |worker: &mut Worker, setup: Setup, hit: bool, ops: u64| {
-        worker.run((ops / 10).max(3))?; // warm-up, after a switch
-        let batch = worker.run(ops)?;
+    let mut timed = |worker: &mut Worker, setup: Setup, hit: bool| {
+        let ops = if hit { hit_ops } else { ops };
+        let batch = worker.on_path(hit, |worker| {
+            worker.warm_up(ops)?;
+            worker.run(ops)
+        })?;
         let expected = if hit && setup.refuses() { ops } else { 0 };
         ensure!(
             batch.refused == expected,
@@ -59,7 +64,8 @@ pub fn measure_level(
             if hit { "hit" } else { "miss" },
             batch.refused
         );
-        anyhow::Ok(batch.ns_per_op)
+        times.entry((setup, hit)).or_default().push(batch.ns_per_op);
+        anyhow::Ok(())
     };
     for round in 0..options.rounds {
         // Rotate the order, so no setup always runs first after a (re)load.
@@ -69,13 +75,9 @@ pub fn measure_level(
             if setup == Setup::Fast {
                 guard.wait_fast_path(worker)?;
             }
-            let ns = timed(worker, setup, false, ops)?;
-            times.entry((setup, false)).or_default().push(ns);
+            timed(worker, setup, false)?;
             if !matches!(setup, Setup::Audit | Setup::Floor) {
-                worker.hold(true)?;
-                let ns = timed(worker, setup, true, hit_ops)?;
-                worker.hold(false)?;
-                times.entry((setup, true)).or_default().push(ns);
+                timed(worker, setup, true)?;
                 if setup.refuses() && !setup.is_baseline() {
                     *events_lost = (*events_lost).max(guard.drain_events()?);
                 }
@@ -122,26 +124,31 @@ pub fn measure_level(
         Err(err) => eprintln!("connect_cost: no BPF run-time stats: {err:#}"),
     }
     *events_lost = (*events_lost).max(guard.drain_events()?);
-    eprintln!(
-        "connect_cost: {sockets} sockets done: no program {}, empty programs {} ({:.2}x), reference {} ({:.2}x), udpguard {} ({:.2}x), audit {} ({:.2}x), fast path {} ({:.2}x)",
-        fmt_ns(level.no_program.ns_per_op),
-        fmt_ns(level.floor.ns_per_op),
-        level.floor.ratio.value,
-        fmt_ns(level.reference.ns_per_op),
-        level.reference.ratio.value,
-        fmt_ns(level.enforce.ns_per_op),
-        level.enforce.ratio.value,
-        fmt_ns(level.audit.ns_per_op),
-        level.audit.ratio.value,
-        fmt_ns(level.fast.ns_per_op),
-        level.fast.ratio.value,
+    let mut done = format!(
+        "connect_cost: {sockets} sockets done: no program {}",
+        fmt_ns(level.no_program.ns_per_op)
     );
+    for (name, m) in [
+        ("empty programs", level.floor),
+        ("reference", level.reference),
+        ("udpguard", level.enforce),
+        ("audit", level.audit),
+        ("fast path", level.fast),
+    ] {
+        let _ = write!(
+            done,
+            ", {name} {} ({:.2}x)",
+            fmt_ns(m.ns_per_op),
+            m.ratio.value
+        );
+    }
+    eprintln!("{done}");
     Ok(level)
 }
 
 /// Program time per run of each setup (the hit path of those that refuse), stats on only
 /// meanwhile: the median over [`STATS_WINDOWS`] windows of one batch each, interleaved.
-pub fn program_windows(
+fn program_windows(
     worker: &mut Worker,
     guard: &mut Guard<'_>,
     ops: u64,
@@ -149,39 +156,22 @@ pub fn program_windows(
 ) -> anyhow::Result<HashMap<(Setup, bool), ProgramTimes>> {
     let (floor_ids, reference_ids) = guard.baseline_ids()?;
     let _stats = StatsOn::enable()?;
-    let window =
-        |worker: &mut Worker, ids: &ProgramIds, ops: u64| -> anyhow::Result<ProgramTimes> {
-            worker.run((ops / 10).max(3))?;
-            let before = program_counts()?;
-            worker.run(ops)?;
-            let after = program_counts()?;
-            let time = |id: Option<u32>| {
-                id.map_or(Ok(ProgramTime::default()), |id| {
-                    program_time(&before, &after, id)
-                })
-            };
-            let times = ProgramTimes {
-                connect4: time(Some(ids.connect4))?,
-                sock_create: time(ids.create)?,
-                sock_release: time(ids.release)?,
-            };
-            ensure!(
-                times.connect4.runs == ops,
-                "connect4 ran {} times for {ops} connects: is something else in the cgroup?",
-                times.connect4.runs
-            );
-            Ok(times)
-        };
     let mut windows: HashMap<(Setup, bool), Vec<ProgramTimes>> = HashMap::new();
     let mut measure = |worker: &mut Worker, setup: Setup, ids: &ProgramIds, hit: bool| {
-        if hit {
-            worker.hold(true)?;
-        }
-        let times = window(worker, ids, if hit { hit_ops } else { ops });
-        if hit {
-            worker.hold(false)?;
-        }
-        windows.entry((setup, hit)).or_default().push(times?);
+        let ops = if hit { hit_ops } else { ops };
+        let times = worker.on_path(hit, |worker| {
+            worker.warm_up(ops)?;
+            let before = Counts::read()?;
+            worker.run(ops)?;
+            let after = Counts::read()?;
+            ProgramTimes::between(&before, &after, ids)
+        })?;
+        ensure!(
+            times.connect4.runs == ops,
+            "connect4 ran {} times for {ops} connects: is something else in the cgroup?",
+            times.connect4.runs
+        );
+        windows.entry((setup, hit)).or_default().push(times);
         anyhow::Ok(())
     };
     for _ in 0..STATS_WINDOWS {

@@ -214,11 +214,35 @@ impl Worker {
         })
     }
 
+    /// The untimed run before a timed one (after a switch of setup).
+    pub fn warm_up(&mut self, ops: u64) -> anyhow::Result<()> {
+        self.run((ops / 10).max(3))?;
+        Ok(())
+    }
+
     /// Opens (or closes) the hit path's holder.
-    pub fn hold(&mut self, on: bool) -> anyhow::Result<()> {
+    fn hold(&mut self, on: bool) -> anyhow::Result<()> {
         let answer = self.ask(if on { "hold" } else { "unhold" })?;
         ensure!(answer == "ok", "the worker answered {answer:?}");
         Ok(())
+    }
+
+    /// Runs `batches` on the hit path (with the holder open) if `hit`, else on the miss path.
+    /// The holder is closed again also when `batches` fails; that error is the one returned.
+    pub fn on_path<T>(
+        &mut self,
+        hit: bool,
+        batches: impl FnOnce(&mut Worker) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        if !hit {
+            return batches(self);
+        }
+        self.hold(true)?;
+        let result = batches(self);
+        let closed = self.hold(false);
+        let value = result?;
+        closed?;
+        Ok(value)
     }
 }
 
