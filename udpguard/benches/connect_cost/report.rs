@@ -129,71 +129,84 @@ fn fmt_total(p: Option<ProgramTimes>) -> String {
     fmt_or_na(p.map(|p| p.total()))
 }
 
-/// A text table's layout: groups of right-aligned columns of these widths, " | " between the
-/// groups, " " inside one, and the length of the rule under the header.
+/// A text table's layout: the columns' widths as they print (" | " between groups of columns,
+/// " " inside one; every cell right-aligned), their names, and the length of the rule under
+/// them.
 struct Layout {
-    groups: &'static [&'static [usize]],
+    columns: &'static str,
+    names: &'static [&'static str],
+    /// As long as it has always been printed: the programs and hit tables' rules are a few
+    /// dashes wider than their rows.
     rule: usize,
 }
 
-/// Sockets | no program | then time and ratio of each setup | c4 alone, c4 fast.
+/// Sockets | no program | time and ratio of each setup | c4 alone, c4 fast.
 const SETUPS: Layout = Layout {
-    groups: &[
-        &[8],
-        &[10],
-        &[10, 18],
-        &[10, 18],
-        &[10, 18],
-        &[10, 18],
-        &[10, 18],
-        &[9, 9],
+    columns: "8 | 10 | 10 18 | 10 18 | 10 18 | 10 18 | 10 18 | 9 9",
+    names: &[
+        "sockets",
+        "no program",
+        "empty x3",
+        "ratio",
+        "reference",
+        "ratio",
+        "udpguard",
+        "ratio",
+        "audit",
+        "ratio",
+        "fast path",
+        "ratio",
+        "c4 alone",
+        "c4 fast",
     ],
     rule: 203,
 };
-
 const PROGRAMS: Layout = Layout {
-    groups: &[
-        &[8],
-        &[10, 10, 10, 10],
-        &[10, 10],
-        &[10, 10],
-        &[10],
-        &[10, 10],
-        &[10],
+    columns: "8 | 10 10 10 10 | 10 10 | 10 10 | 10 | 10 10 | 10",
+    names: &[
+        "sockets", "connect4", "create", "release", "per op", "audit c4", "per op", "fast c4",
+        "per op", "hit c4", "empty c4", "per op", "ref c4",
     ],
     rule: 158,
 };
-
 const HIT: Layout = Layout {
-    groups: &[&[8], &[10], &[10, 18], &[10, 10], &[10, 18], &[10]],
+    columns: "8 | 10 | 10 18 | 10 10 | 10 18 | 10",
+    names: &[
+        "sockets",
+        "no program",
+        "refused",
+        "ratio",
+        "connect4",
+        "per op",
+        "reference",
+        "ratio",
+        "ref c4",
+    ],
     rule: 125,
 };
 
 impl Layout {
     fn row<S: AsRef<str>>(&self, out: &mut String, cells: &[S]) {
         let mut cells = cells.iter();
-        let groups: Vec<String> = self
-            .groups
-            .iter()
-            .map(|widths| {
-                let group: Vec<String> = widths
-                    .iter()
-                    .map(|&width| {
-                        let cell = cells.next().expect("a cell for every column").as_ref();
-                        format!("{cell:>width$}")
-                    })
-                    .collect();
-                group.join(" ")
+        let line: Vec<String> = self
+            .columns
+            .split(' ')
+            .map(|token| match token.parse::<usize>() {
+                Ok(width) => {
+                    let cell = cells.next().expect("a cell for every column").as_ref();
+                    format!("{cell:>width$}")
+                }
+                Err(_) => token.to_string(), // the "|" between groups
             })
             .collect();
         assert!(cells.next().is_none(), "a column for every cell");
-        out.push_str(&groups.join(" | "));
+        out.push_str(&line.join(" "));
         out.push('\n');
     }
 
     /// The column names and the rule under them.
-    fn header(&self, out: &mut String, names: &[&str]) {
-        self.row(out, names);
+    fn header(&self, out: &mut String) {
+        self.row(out, self.names);
         out.push_str(&"-".repeat(self.rule));
         out.push('\n');
     }
@@ -213,25 +226,7 @@ pub fn table(report: &Report) -> String {
         report.rounds
     );
     let _ = writeln!(out);
-    SETUPS.header(
-        &mut out,
-        &[
-            "sockets",
-            "no program",
-            "empty x3",
-            "ratio",
-            "reference",
-            "ratio",
-            "udpguard",
-            "ratio",
-            "audit",
-            "ratio",
-            "fast path",
-            "ratio",
-            "c4 alone",
-            "c4 fast",
-        ],
-    );
+    SETUPS.header(&mut out);
     for l in &report.levels {
         let mut cells = vec![l.sockets.to_string(), fmt_ns(l.no_program.ns_per_op)];
         for m in [l.floor, l.reference, l.enforce, l.audit, l.fast] {
@@ -248,13 +243,7 @@ pub fn table(report: &Report) -> String {
         "\nprogram time per run (BPF stats: run_time_ns / run_cnt, median of {STATS_WINDOWS} windows); \
          per op = connect4 + sock_create + sock_release:"
     );
-    PROGRAMS.header(
-        &mut out,
-        &[
-            "sockets", "connect4", "create", "release", "per op", "audit c4", "per op", "fast c4",
-            "per op", "hit c4", "empty c4", "per op", "ref c4",
-        ],
-    );
+    PROGRAMS.header(&mut out);
     for l in &report.levels {
         PROGRAMS.row(
             &mut out,
@@ -286,20 +275,7 @@ pub fn table(report: &Report) -> String {
         "\nhit path: a holder already has 127.0.0.1:4444 -> 127.0.0.1:1111; udpguard refuses the \
          loop's connect (EPERM); with no program it succeeds (a duplicate):"
     );
-    HIT.header(
-        &mut out,
-        &[
-            "sockets",
-            "no program",
-            "refused",
-            "ratio",
-            "connect4",
-            "per op",
-            "reference",
-            "ratio",
-            "ref c4",
-        ],
-    );
+    HIT.header(&mut out);
     for l in &report.levels {
         HIT.row(
             &mut out,
