@@ -25,33 +25,17 @@ use crate::{
     watch::Watch,
 };
 
-/// Arguments of `udpguard run`.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    #[command(flatten)]
+/// What `udpguard run` is asked for.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// What to attach (or adopt), as `attach` takes it.
     pub attach: AttachRequest,
-    /// serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 127.0.0.1:9108)
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Serve `/metrics` and `/healthz` here.
     pub metrics_addr: Option<String>,
-    /// print events as JSON, one object per line
-    #[arg(long)]
+    /// Events as JSON lines.
     pub json: bool,
-    /// for the fast path below the cgroup root: a cgroup that holds every process able to
-    /// enter the guarded network namespaces (the cgroup v2 root always does), watched for
-    /// connects the guard does not see [default: none, the fast path is off below the root]
-    #[arg(long, value_name = "PATH")]
+    /// The cgroup the watch goes on, for the fast path below the cgroup root.
     pub watch_cgroup: Option<PathBuf>,
-}
-
-/// Arguments of `udpguard events`.
-#[derive(Debug, clap::Args)]
-pub struct EventsArgs {
-    /// the guarded cgroup v2 directory whose events to follow [default: the cgroup v2 root]
-    #[arg(long)]
-    pub cgroup: Option<PathBuf>,
-    /// print events as JSON, one object per line
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Sends logs to stderr; `RUST_LOG` filters them (default `info`). Under systemd (which sets
@@ -72,7 +56,7 @@ pub fn init_logging() {
 }
 
 /// `udpguard run`.
-pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+pub fn run(args: &RunOptions) -> anyhow::Result<()> {
     init_logging();
     privilege::require("run the guard")?;
     // One thread per watched namespace: with glibc's default of eight arenas per CPU, memory
@@ -82,16 +66,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     runtime()?.block_on(run_async(args))
 }
 
-/// `udpguard events`: follows an existing attachment; changes nothing.
-pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
+/// `udpguard events`: follows the attachment to `cgroup` (default: the cgroup v2 root);
+/// changes nothing.
+pub fn events(cgroup: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
     init_logging();
     privilege::require("read the conflict events")?;
-    let cgroup = Cgroup::open_or_root(args.cgroup.as_deref())?;
+    let cgroup = Cgroup::open_or_root(cgroup)?;
     let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
     if !dir.exists() {
         bail!("{}", not_attached(&cgroup));
     }
-    let json = args.json;
     runtime()?.block_on(async move {
         let shutdown = on_signal()?;
         tracing::info!("following the conflict events of {}", cgroup.path.display());
@@ -144,7 +128,7 @@ fn on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(stopped)
 }
 
-async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
+async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
     // Signals first, so a SIGTERM during the attach is not lost; the listener before the
     // attach, so a bad address changes nothing.
     let shutdown = on_signal()?;
@@ -170,12 +154,7 @@ async fn run_async(args: &RunArgs) -> anyhow::Result<()> {
     }
     let owned = outcome == AttachOutcome::Attached;
     let path = cgroup.path.display().to_string();
-    let how = format!(
-        "mode {}, errno {}, autobind {}",
-        settings.mode.name(),
-        settings.errno.name(),
-        settings.autobind.name()
-    );
+    let how = settings.to_string();
     match outcome {
         AttachOutcome::Attached => {
             tracing::info!("attached to {path} ({how}); detaching on exit")

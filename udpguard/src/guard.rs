@@ -11,7 +11,7 @@ use crate::{
     loader::Features,
     privilege,
     settings::{Autobind, Errno, Mode, Settings},
-    tables::{self, TableSizes},
+    tables::TableSizes,
 };
 
 /// What `attach` did.
@@ -26,29 +26,16 @@ pub enum AttachOutcome {
 }
 
 /// What `attach` (and `run`) are asked for; `None` keeps the current value (or the default).
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
 pub struct AttachRequest {
-    /// cgroup v2 directory to guard [default: the cgroup v2 root]
-    #[arg(long)]
+    /// The cgroup v2 directory to guard (default: the cgroup v2 root).
     pub cgroup: Option<PathBuf>,
-    /// enforce refuses conflicts, audit only counts them [default: enforce, or as attached]
-    #[arg(long)]
     pub mode: Option<Mode>,
-    /// errno a refused connect() fails with [default: eperm, or as attached]
-    #[arg(long)]
     pub errno: Option<Errno>,
-    /// sockets that get their port at connect (auto-bind): allow counts them, unique clears
-    /// their SO_REUSEADDR/SO_REUSEPORT so the port is unshared [default: allow, or as attached]
-    #[arg(long)]
     pub autobind: Option<Autobind>,
-    /// bytes of conflict-event ring buffer when the programs are loaded, a power of two
-    /// >= 4096 [default: 262144]
-    #[arg(long, value_parser = parse_events_buffer)]
+    /// Bytes of conflict-event ring buffer, when the programs are loaded.
     pub events_buffer: Option<u32>,
-    /// connected UDP sockets the kernel tables are sized for when the programs are loaded
-    /// (e.g. 500k); past it claims spill, then fail open, counted [default: from the host's
-    /// memory, 262144 on 24 GiB]
-    #[arg(long, value_parser = tables::parse_max_sockets, value_name = "N")]
+    /// Connected UDP sockets the kernel tables are sized for, when the programs are loaded.
     pub max_sockets: Option<u64>,
 }
 

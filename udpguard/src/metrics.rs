@@ -80,17 +80,6 @@ pub fn render(samples: &[AttachmentSample]) -> String {
     text
 }
 
-/// `udpguard metrics`: the exposition once, on stdout; unreadable attachments on stderr.
-pub fn print() -> crate::error::Result<()> {
-    crate::privilege::require("read the counters")?;
-    let scrape = scrape();
-    for problem in &scrape.unreadable {
-        eprintln!("udpguard: {problem}");
-    }
-    print!("{}", render(&scrape.samples));
-    Ok(())
-}
-
 /// A label value as the exposition must write it (`\\`, `\"`, `\n`): prometheus-client writes
 /// values as given, and a cgroup's path may hold any of these.
 fn escape_label_value(value: &str) -> String {

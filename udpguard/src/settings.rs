@@ -1,9 +1,35 @@
-//! The guard's settings as the user names them: mode and errno.
+//! The guard's settings as the user names them: mode, errno and auto-bind policy.
+use std::{fmt, str::FromStr};
+
 use serde::Serialize;
 use udpguard_common::{Config, autobind, errno, mode};
 
+/// A setting the user names with a word on the command line (`enforce`, `eperm`, ...).
+pub trait Choice: Copy + Sized + 'static {
+    /// Every value, in the order help lists them.
+    const ALL: &'static [Self];
+    /// The word for it.
+    fn word(self) -> &'static str;
+
+    /// The value a word names (any case).
+    fn from_word(text: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|c| c.word().eq_ignore_ascii_case(text))
+    }
+}
+
+/// Parses any [`Choice`], with a message listing the words it takes.
+fn parse_choice<T: Choice>(text: &str) -> Result<T, String> {
+    T::from_word(text).ok_or_else(|| {
+        let words: Vec<&str> = T::ALL.iter().map(|c| c.word()).collect();
+        format!("{text:?} is none of {}", words.join(", "))
+    })
+}
+
 /// What to do with a conflicting `connect()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Refuse the connect.
@@ -13,7 +39,7 @@ pub enum Mode {
 }
 
 /// The errno a refused `connect()` fails with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Errno {
     /// "Operation not permitted": what a cgroup program's refusal gives on every kernel.
     Eperm,
@@ -81,7 +107,7 @@ impl Errno {
 }
 
 /// What to do with a socket that gets its port at connect time (auto-bind).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Autobind {
     /// Let it through unchanged, counted as not checked.
@@ -115,6 +141,52 @@ impl Autobind {
     }
 }
 
+impl Choice for Mode {
+    const ALL: &'static [Mode] = &[Mode::Enforce, Mode::Audit];
+    fn word(self) -> &'static str {
+        self.name()
+    }
+}
+
+impl Choice for Errno {
+    const ALL: &'static [Errno] = &[Errno::Eperm, Errno::Eaddrinuse, Errno::Eaddrnotavail];
+    fn word(self) -> &'static str {
+        match self {
+            Errno::Eperm => "eperm",
+            Errno::Eaddrinuse => "eaddrinuse",
+            Errno::Eaddrnotavail => "eaddrnotavail",
+        }
+    }
+}
+
+impl Choice for Autobind {
+    const ALL: &'static [Autobind] = &[Autobind::Allow, Autobind::Unique];
+    fn word(self) -> &'static str {
+        self.name()
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_choice(text)
+    }
+}
+
+impl FromStr for Errno {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_choice(text)
+    }
+}
+
+impl FromStr for Autobind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_choice(text)
+    }
+}
+
 /// Mode, errno and auto-bind policy together, as the kernel programs read them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -130,6 +202,19 @@ impl Default for Settings {
             errno: Errno::Eperm,
             autobind: Autobind::Allow,
         }
+    }
+}
+
+/// "mode enforce, errno EPERM, autobind allow": how every verb states them.
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mode {}, errno {}, autobind {}",
+            self.mode.name(),
+            self.errno.name(),
+            self.autobind.name()
+        )
     }
 }
 
@@ -205,6 +290,22 @@ mod tests {
         assert_eq!(
             old.with(None, None, Some(Autobind::Allow)).mode,
             Mode::Audit
+        );
+    }
+
+    #[test]
+    fn settings_are_named_by_words_and_stated_in_one_line() {
+        assert_eq!("audit".parse::<Mode>(), Ok(Mode::Audit));
+        assert_eq!("EADDRINUSE".parse::<Errno>(), Ok(Errno::Eaddrinuse));
+        assert!(
+            "sometimes"
+                .parse::<Autobind>()
+                .unwrap_err()
+                .contains("allow, unique")
+        );
+        assert_eq!(
+            Settings::default().to_string(),
+            "mode enforce, errno EPERM, autobind allow"
         );
     }
 

@@ -1,9 +1,11 @@
 //! `udpguard status`: what is attached where, how it is set, and what it counted.
 //! It only reads: it never mounts, creates, or locks anything.
-use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Serialize;
 use udpguard_common::Counter;
+
+pub use crate::attachment::DirKind as State;
 
 use crate::{
     attachment::{self, Attachment, DirKind},
@@ -187,104 +189,14 @@ fn describe(
     status
 }
 
-impl Status {
-    /// The human-readable report.
-    pub fn to_text(&self) -> String {
-        if let Some(problem) = &self.problem {
-            return format!("cannot show the attachments: {problem}\n");
-        }
-        if self.attachments.is_empty() {
-            return format!(
-                "nothing attached (attachments are pinned under {})\n",
-                bpffs::pin_root().display()
-            );
-        }
-        let mut out = String::new();
-        for a in &self.attachments {
-            let cgroup = a.cgroup.as_ref().map_or_else(
-                || "(cgroup removed)".to_string(),
-                |p| p.display().to_string(),
-            );
-            let _ = writeln!(out, "{cgroup}  [cgroup id {}]", a.cgroup_id);
-            if a.state != DirKind::Attached {
-                let what = if a.state == DirKind::Building {
-                    "an attach that was interrupted while it built this attachment"
-                } else {
-                    "an attach or detach that was interrupted while it took this attachment down"
-                };
-                let links = crate::attachment::attached_links(&a.pin_dir);
-                let _ = writeln!(
-                    out,
-                    "  LEFT BY {what}: {} of its links attached (enforcing, with nobody \
-                     reading its events); remove it with `udpguard detach --cgroup {cgroup}` \
-                     or `udpguard detach --all`",
-                    links
-                );
-            }
-            if let Some(error) = &a.error {
-                let _ = writeln!(out, "  unreadable: {error}");
-                let _ = writeln!(out, "  pins: {}", a.pin_dir.display());
-                continue;
-            }
-            let id = |id: Option<u32>| id.map_or_else(|| "gone".to_string(), |id| format!("#{id}"));
-            let _ = writeln!(
-                out,
-                "  mode {}, errno {}, autobind {}, programs connect4 {} connect6 {}, {}",
-                a.mode.unwrap_or("?"),
-                a.errno.unwrap_or("?"),
-                a.autobind.unwrap_or("?"),
-                id(a.programs.connect4),
-                id(a.programs.connect6),
-                if a.matches_binary {
-                    "matches this binary"
-                } else {
-                    "from another udpguard build (run attach to replace)"
-                }
-            );
-            let count = |c: Counter| a.counters.get(c.name()).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "  checked {} ({} by the index alone)  rejected {}  audited {}  (raced {})  claimed tuples {}  events lost {}",
-                count(Counter::Checked),
-                count(Counter::Indexed),
-                count(Counter::Rejected),
-                count(Counter::Audited),
-                count(Counter::Raced),
-                a.claims.map_or_else(|| "?".into(), |n| n.to_string()),
-                count(Counter::EventsLost),
-            );
-            if let Some(t) = &a.tables {
-                let _ = writeln!(
-                    out,
-                    "  tables: {} of {} claims in use, {} buckets spilled, {} socket records, {} of kernel memory",
-                    a.claims.unwrap_or(0),
-                    t.claim_capacity,
-                    t.spilled_buckets,
-                    t.records,
-                    crate::tables::human_bytes(t.memory_bytes)
-                );
-            }
-            let _ = writeln!(
-                out,
-                "  claims taken over {}  evicted for room {}  unrecorded {}",
-                count(Counter::StaleClaims),
-                count(Counter::Evicted),
-                count(Counter::Unrecorded)
-            );
-            for off in &a.degraded {
-                let _ = writeln!(out, "  degraded: {off}");
-            }
-            if let Some(n) = a.fast_path_namespaces {
-                let _ = writeln!(out, "  fast path on in {n} network namespace(s)");
-            }
-            let not_checked: Vec<String> = Counter::ALL
-                .iter()
-                .filter(|c| c.is_not_checked_reason())
-                .map(|&c| format!("{} {}", c.name(), count(c)))
-                .collect();
-            let _ = writeln!(out, "  not checked: {}", not_checked.join("  "));
-            let _ = writeln!(out, "  pins: {}", a.pin_dir.display());
-        }
-        out
+impl AttachmentStatus {
+    /// True when the attachment is whole and enforcing as this binary would: its pins read,
+    /// its connect programs attached, made by this build.
+    pub fn healthy(&self) -> bool {
+        self.state == DirKind::Attached
+            && self.error.is_none()
+            && self.matches_binary
+            && self.programs.connect4.is_some()
+            && self.programs.connect6.is_some()
     }
 }

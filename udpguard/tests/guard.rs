@@ -632,3 +632,22 @@ fn link_local_peers_are_checked_where_the_device_is_known() {
     assert_eq!(sb.counter("rejected"), 1);
     assert_eq!(sb.counter("device_bound"), 5, "{}", sb.status());
 }
+
+#[test]
+fn status_exit_codes_are_for_probes() {
+    let sb = Sandbox::new("probe");
+    let code = || sb.udpguard(&["status"]).status.code();
+    assert_eq!(code(), Some(1), "nothing attached");
+    sb.attach(&[]);
+    assert_eq!(code(), Some(0), "attached and whole");
+    // Its programs detached behind its back (as another agent pruning foreign programs would).
+    let dir = sb.status()["attachments"][0]["pin_dir"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for pin in ["connect4", "connect6"] {
+        std::fs::remove_file(format!("{dir}/{pin}")).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(code(), Some(3), "attached but not whole");
+}

@@ -22,7 +22,6 @@ pub(crate) mod sock_diag;
 pub(crate) mod socket;
 
 use std::collections::HashSet;
-use std::io::Write as _;
 
 use anyhow::Context as _;
 
@@ -32,56 +31,41 @@ use output::{DuplicateReport, Report, SocketReport};
 use route::RouteLookup;
 use sock_diag::SockDiag;
 
-/// Exit status: no duplicates.
-const EXIT_CLEAN: i32 = 0;
-/// Exit status: duplicates found.
-const EXIT_DUPLICATES: i32 = 1;
-/// Exit status: the scan failed.
-const EXIT_ERROR: i32 = 2;
-
-/// Arguments of `udpguard scan`.
-#[derive(Debug, clap::Args)]
-pub struct ScanArgs {
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
+/// What `udpguard scan` is asked for.
+#[derive(Debug, Default)]
+pub struct ScanOptions {
+    /// One JSON object instead of a table.
     pub json: bool,
-    /// Scan every network namespace on the host (needs root to enter them),
-    /// not only the current one.
-    #[arg(long)]
+    /// Every network namespace on the host, not only the current one.
     pub all_netns: bool,
 }
 
-/// Runs `udpguard scan`; returns the process exit status (0 none, 1 duplicates, 2 error).
-pub fn run(args: &ScanArgs) -> i32 {
+/// What a scan found, rendered, and what it could not see.
+pub struct Scanned {
+    /// The report as asked (a table or JSON), or why the scan failed.
+    pub text: anyhow::Result<String>,
+    /// Whether it found duplicates.
+    pub duplicates: bool,
+    /// What could not be seen (for stderr).
+    pub notes: Vec<String>,
+}
+
+/// Runs a scan.
+pub fn run(options: &ScanOptions) -> Scanned {
     let mut gaps = Gaps::default();
-    let result = scan(args, &mut gaps);
-    let print_notes = |gaps: &Gaps| {
-        for note in &gaps.notes {
-            eprintln!("udpguard scan: note: {note}");
+    let result = scan(options, &mut gaps);
+    let duplicates = result.as_ref().is_ok_and(|r| !r.duplicates.is_empty());
+    let text = result.map(|report| {
+        if options.json {
+            output::render_json(&report)
+        } else {
+            output::render_table(&report)
         }
-    };
-    let report = match result {
-        Ok(report) => report,
-        Err(error) => {
-            print_notes(&gaps);
-            eprintln!("udpguard scan: error: {error:#}");
-            return EXIT_ERROR;
-        }
-    };
-    let text = if args.json {
-        output::render_json(&report)
-    } else {
-        output::render_table(&report)
-    };
-    if let Err(error) = std::io::stdout().lock().write_all(text.as_bytes()) {
-        eprintln!("udpguard scan: error: cannot write the report: {error}");
-        return EXIT_ERROR;
-    }
-    print_notes(&gaps);
-    if report.duplicates.is_empty() {
-        EXIT_CLEAN
-    } else {
-        EXIT_DUPLICATES
+    });
+    Scanned {
+        text,
+        duplicates,
+        notes: gaps.notes,
     }
 }
 
@@ -108,7 +92,7 @@ impl Gaps {
 }
 
 /// Scans and returns the report; what could not be seen goes to `gaps`.
-fn scan(args: &ScanArgs, gaps: &mut Gaps) -> anyhow::Result<Report> {
+fn scan(args: &ScanOptions, gaps: &mut Gaps) -> anyhow::Result<Report> {
     let (scanned, findings, namespaces_scanned) = if args.all_netns {
         let (scanned, findings, namespaces) = scan_all_namespaces(gaps)?;
         (scanned, findings, Some(namespaces))

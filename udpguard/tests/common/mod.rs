@@ -76,9 +76,15 @@ impl Sandbox {
         self.udpguard_ok(&["detach", "--cgroup", self.cgroup.to_str().unwrap()])
     }
 
-    /// `udpguard status --json`, parsed.
+    /// `udpguard status --json`, parsed (whatever its exit status says).
     pub fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.udpguard_ok(&["status", "--json"])).unwrap()
+        let out = self.udpguard(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// One counter of our (first) attachment.
