@@ -56,6 +56,62 @@ impl ClaimKey {
     }
 }
 
+impl ClaimKey {
+    /// The key of the tuple `local` -> `peer` in namespace `netns_cookie`, as the programs make
+    /// it: a v4-mapped IPv6 tuple is IPv4.
+    pub fn of(
+        netns_cookie: u64,
+        local: core::net::SocketAddr,
+        peer: core::net::SocketAddr,
+    ) -> ClaimKey {
+        let (local_addr, family) = addr_words(local.ip());
+        let (peer_addr, _) = addr_words(peer.ip());
+        ClaimKey {
+            netns_cookie,
+            local_addr,
+            peer_addr,
+            local_port: local.port().to_be(),
+            peer_port: peer.port().to_be(),
+            family,
+        }
+    }
+}
+
+/// An address as the programs hold it, four network-order words (IPv4, and v4-mapped IPv6,
+/// in the first), and its family (4 or 6).
+pub fn addr_words(addr: core::net::IpAddr) -> ([u32; 4], u32) {
+    let word = |b: [u8; 4]| u32::from_ne_bytes(b);
+    match addr {
+        core::net::IpAddr::V4(a) => ([word(a.octets()), 0, 0, 0], 4),
+        core::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => ([word(v4.octets()), 0, 0, 0], 4),
+            None => {
+                let o = a.octets();
+                let at = |i: usize| word([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                ([at(0), at(4), at(8), at(12)], 6)
+            }
+        },
+    }
+}
+
+/// The address the programs hold as `words`, of `family` (4 or 6; None for another).
+pub fn words_addr(words: [u32; 4], family: u32) -> Option<core::net::IpAddr> {
+    match family {
+        4 => Some(core::net::Ipv4Addr::from(words[0].to_ne_bytes()).into()),
+        6 => {
+            let mut bytes = [0u8; 16];
+            let mut i = 0;
+            while i < 4 {
+                let b = words[i].to_ne_bytes();
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&b);
+                i += 1;
+            }
+            Some(core::net::Ipv6Addr::from(bytes).into())
+        }
+        _ => None,
+    }
+}
+
 /// splitmix64's finalizer: every input bit flips about half the output bits.
 #[inline(always)]
 const fn mix(mut x: u64) -> u64 {
@@ -455,6 +511,26 @@ mod tests {
                 assert_ne!(p, s, "tag {tag:#x} mask {mask}");
             }
         }
+    }
+
+    #[test]
+    fn addresses_round_trip_through_the_programs_words() {
+        use core::net::{IpAddr, SocketAddr};
+        for text in ["127.0.0.1", "::1", "fd00::2", "2001:db8::7"] {
+            let ip: IpAddr = text.parse().unwrap();
+            let (words, family) = addr_words(ip);
+            assert_eq!(words_addr(words, family), Some(ip));
+        }
+        let mapped: SocketAddr = "[::ffff:127.0.0.2]:53".parse().unwrap();
+        let plain: SocketAddr = "127.0.0.2:53".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:4444".parse().unwrap();
+        assert_eq!(
+            ClaimKey::of(7, local, mapped),
+            ClaimKey::of(7, local, plain)
+        );
+        let key = ClaimKey::of(7, local, plain);
+        assert_eq!(key.local_addr[0].to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!((key.family, key.peer_port), (4, 53u16.to_be()));
     }
 
     #[test]

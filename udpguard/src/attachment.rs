@@ -25,7 +25,7 @@ use crate::{
     faults,
     loader::{LoadedGuard, object_sha256},
     settings::Settings,
-    sys,
+    sys::bpf,
     tables::TableSizes,
 };
 
@@ -191,10 +191,10 @@ fn pin_all(guard: &mut LoadedGuard, cgroup: &Cgroup, dir: &Path) -> Result<()> {
 
 /// Detaches the link pinned at `path` at once and removes the pin (nothing there: nothing to do).
 pub fn detach_link(path: &Path) -> Result<()> {
-    let Ok(link) = sys::obj_get(path) else {
+    let Ok(link) = bpf::obj_get(path) else {
         return Ok(());
     };
-    sys::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
+    bpf::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(io(format!("removing {}", path.display()))(e))
@@ -208,8 +208,8 @@ pub fn detach_link(path: &Path) -> Result<()> {
 pub fn remove(dir: &Path) -> Result<()> {
     for pin in link_pins::ALL.into_iter().chain(WATCH_PINS) {
         let path = dir.join(pin);
-        if let Ok(link) = sys::obj_get(&path) {
-            sys::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
+        if let Ok(link) = bpf::obj_get(&path) {
+            bpf::link_detach(&link).map_err(io(format!("detaching {}", path.display())))?;
         }
     }
     match fs::remove_dir_all(dir) {
@@ -225,7 +225,7 @@ pub fn attached_links(dir: &Path) -> usize {
     link_pins::ALL
         .into_iter()
         .chain(WATCH_PINS)
-        .filter(|pin| sys::obj_get(&dir.join(pin)).is_ok())
+        .filter(|pin| bpf::obj_get(&dir.join(pin)).is_ok())
         .count()
 }
 

@@ -66,32 +66,8 @@ pub fn cgroup2_mount_point(mounts: &str) -> Option<PathBuf> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_field(target)))
+        (fstype == "cgroup2").then(|| PathBuf::from(crate::sys::mounts::unescape(target)))
     })
-}
-
-/// /proc/self/mounts writes space, tab, newline and backslash as octal escapes.
-fn unescape_mount_field(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let mut rest = field;
-    while let Some(at) = rest.find('\\') {
-        out.push_str(&rest[..at]);
-        let code = rest
-            .get(at + 1..at + 4)
-            .and_then(|o| u8::from_str_radix(o, 8).ok());
-        match code {
-            Some(byte) => {
-                out.push(char::from(byte));
-                rest = &rest[at + 4..];
-            }
-            None => {
-                out.push('\\');
-                rest = &rest[at + 1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The path of the cgroup with this id under `root`, if it still exists.

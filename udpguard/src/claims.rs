@@ -12,9 +12,10 @@ use udpguard_common::{
     CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER,
     claims::{WRITING, disowned_at, primary_bucket, spill_bucket},
     map_names,
+    names::pin_of,
 };
 
-use crate::{attachment::map_pin, shared_map::SharedArray};
+use crate::shared_map::SharedArray;
 
 /// What a namespace's dump said, for [`ClaimTable::sweep`].
 #[derive(Debug, Default)]
@@ -49,7 +50,7 @@ impl ClaimTable {
             "the attachment has no claim table (its kernel has no 64-bit BPF atomics)"
         );
         let len = buckets as usize * size_of::<ClaimBucket>();
-        let path = map_pin(dir, map_names::CLAIMS);
+        let path = dir.join(pin_of(map_names::CLAIMS));
         let map = SharedArray::open(&path, "claim table", len, writable)?;
         Ok(ClaimTable { map, buckets })
     }

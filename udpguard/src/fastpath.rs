@@ -14,15 +14,16 @@ use std::{
 };
 
 use udpguard_common::{
-    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, map_names, namespace_slot,
+    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, map_names, names::pin_of,
+    namespace_slot,
 };
 
 use crate::{
-    attachment::{Attachment, map_pin},
+    attachment::Attachment,
     claims::{ClaimTable, Dumped, Seeded},
     clock,
-    scan::{sock_diag::SockDiag, socket::ConnectedUdpSocket},
     shared_map::SharedArray,
+    sys::{sock_diag::SockDiag, socket::ConnectedUdpSocket},
 };
 
 /// A connect in flight when the index is seeded may be hashed after the dump: the index
@@ -48,7 +49,7 @@ pub struct NamespaceTable {
 impl NamespaceTable {
     pub fn open(dir: &Path, writable: bool) -> anyhow::Result<NamespaceTable> {
         let len = NAMESPACE_SLOTS as usize * size_of::<NamespaceIndex>();
-        let path = map_pin(dir, map_names::NAMESPACES);
+        let path = dir.join(pin_of(map_names::NAMESPACES));
         let map = SharedArray::open(&path, "fast-path namespace table", len, writable)?;
         Ok(NamespaceTable { map })
     }
@@ -338,43 +339,9 @@ pub fn refresh(
     Ok(maps.is_on(netns_cookie))
 }
 
-/// The claim key of a connected socket, as the programs make it (a v4-mapped IPv6 socket's
-/// tuple is IPv4).
+/// The claim key of a connected socket, as the programs make it.
 fn claim_key(netns_cookie: u64, socket: &ConnectedUdpSocket) -> ClaimKey {
-    let (local, local_family) = words(socket.local.ip());
-    let (peer, _) = words(socket.remote.ip());
-    ClaimKey {
-        netns_cookie,
-        local_addr: local,
-        peer_addr: peer,
-        local_port: socket.local.port().to_be(),
-        peer_port: socket.remote.port().to_be(),
-        family: local_family,
-    }
-}
-
-/// An address as the programs hold it: network-order bytes in native `u32` words, IPv4 (and
-/// v4-mapped IPv6) in the first word.
-fn words(addr: std::net::IpAddr) -> ([u32; 4], u32) {
-    let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-    match addr {
-        std::net::IpAddr::V4(a) => ([word(&a.octets()), 0, 0, 0], 4),
-        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => ([word(&v4.octets()), 0, 0, 0], 4),
-            None => {
-                let o = a.octets();
-                (
-                    [
-                        word(&o[0..4]),
-                        word(&o[4..8]),
-                        word(&o[8..12]),
-                        word(&o[12..16]),
-                    ],
-                    6,
-                )
-            }
-        },
-    }
+    ClaimKey::of(netns_cookie, socket.local, socket.remote)
 }
 
 #[cfg(test)]
@@ -386,7 +353,7 @@ mod tests {
         let socket = ConnectedUdpSocket {
             inode: 1,
             uid: 0,
-            family: crate::scan::socket::Family::Ipv6,
+            family: crate::sys::socket::Family::Ipv6,
             local: "[::ffff:127.0.0.1]:4444".parse().unwrap(),
             remote: "[::ffff:127.0.0.2]:53".parse().unwrap(),
             bound_ifindex: 0,

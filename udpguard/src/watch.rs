@@ -71,36 +71,14 @@ fn every_task_inside(netns: (u64, u64), scope: &std::path::Path) -> bool {
     let Ok(root) = crate::cgroup::root() else {
         return false;
     };
-    let me = std::process::id().to_string();
-    let in_namespace = |task: &std::path::Path| {
-        std::fs::metadata(task.join("ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == netns)
-    };
-    for process in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = process.file_name();
-        let Some(pid) = name.to_str() else { continue };
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-            continue;
-        }
-        let tasks = std::fs::read_dir(process.path().join("task"));
-        for task in tasks.into_iter().flatten().flatten() {
-            if !in_namespace(&task.path()) {
-                continue;
-            }
-            match cgroup_of(&task.path(), &root) {
-                Some(cgroup) if cgroup.starts_with(scope) => {}
-                // Outside, or gone before we could tell.
-                _ => return false,
-            }
-        }
-    }
-    true
-}
-
-/// A task's cgroup v2 directory, from /proc/<pid>/task/<tid>/cgroup.
-fn cgroup_of(task: &std::path::Path, root: &std::path::Path) -> Option<std::path::PathBuf> {
-    let text = std::fs::read_to_string(task.join("cgroup")).ok()?;
-    let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(root.join(relative.trim_start_matches('/')))
+    crate::sys::procfs::others_tasks()
+        .filter(|task| {
+            std::fs::metadata(task.join("ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == netns)
+        })
+        // Outside, or gone before we could tell.
+        .all(|task| {
+            crate::sys::procfs::cgroup_of(&task, &root).is_some_and(|c| c.starts_with(scope))
+        })
 }
 
 /// The watch of one attachment while the agent runs.

@@ -84,7 +84,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::events::{holder::Holder, record::IpFamily};
+    use crate::events::record::{Holder, IpFamily};
 
     fn fields() -> ConflictFields {
         ConflictFields {

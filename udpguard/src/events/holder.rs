@@ -18,30 +18,17 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde::Serialize;
 
-use super::record::Conflict;
-use crate::scan::{
-    group::FourTuple,
+use super::record::{Conflict, Holder};
+use crate::sys::{
     netns::{self, NetworkNamespace},
     procfs,
     sock_diag::{CookiedSocket, SockDiag},
+    socket::FourTuple,
 };
 
 /// How many namespace cookies a finder remembers before it forgets them all.
 const MAX_REMEMBERED_NAMESPACES: usize = 4096;
-
-/// The process holding the tuple, and its socket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Holder {
-    pub pid: u32,
-    pub comm: String,
-    /// The socket's inode (the `N` in `socket:[N]`, as `ss -e` and `/proc/<pid>/fd` show it).
-    pub inode: u64,
-    /// How many other processes share that socket (inherited across `fork`); not in the JSON.
-    #[serde(skip)]
-    pub others: usize,
-}
 
 /// Finds holders; remembers which namespace has which cookie.
 #[derive(Default)]

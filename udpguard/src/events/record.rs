@@ -1,17 +1,12 @@
 //! A conflict event as user space tells it: decoded from the kernel's [`ConflictEvent`], with
 //! its time on the wall clock and its addresses as socket addresses, and the records `events`
 //! prints (one per shown event, one per flood summary).
-use std::{
-    mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-};
+use std::{mem::size_of, net::SocketAddr, path::PathBuf};
 
 use serde::Serialize;
-use udpguard_common::{ConflictEvent, action};
+use udpguard_common::{ConflictEvent, action, claims::words_addr};
 
-use super::holder::Holder;
-use crate::{scan::group::fold_v4_mapped, settings::Errno};
+use crate::{settings::Errno, sys::socket::fold_v4_mapped};
 
 /// What the guard did with the conflicting `connect()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -86,10 +81,7 @@ impl Conflict {
             _ => return None,
         };
         let address = |words: [u32; 4], port: u16| {
-            let ip = match family {
-                IpFamily::Ipv4 => IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes())),
-                IpFamily::Ipv6 => IpAddr::V6(Ipv6Addr::from(network_bytes(words))),
-            };
+            let ip = words_addr(words, event.family).expect("the family is 4 or 6");
             fold_v4_mapped(SocketAddr::new(ip, u16::from_be(port)))
         };
         let comm_len = event.comm.iter().position(|&b| b == 0).unwrap_or(16);
@@ -112,15 +104,6 @@ impl Conflict {
     pub fn errno_name(&self) -> Option<String> {
         self.errno.map(errno_name)
     }
-}
-
-/// The 16 bytes of an address kept as four network-order words.
-fn network_bytes(words: [u32; 4]) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    bytes
 }
 
 /// "EPERM", "EADDRINUSE", "EADDRNOTAVAIL", or "errno N" for anything else.
@@ -252,8 +235,22 @@ pub fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
+/// The process holding the tuple, and its socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    /// The socket's inode (the `N` in `socket:[N]`, as `ss -e` and `/proc/<pid>/fd` show it).
+    pub inode: u64,
+    /// How many other processes share that socket (inherited across `fork`); not in the JSON.
+    #[serde(skip)]
+    pub others: usize,
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     /// The event the kernel sends for a refused 127.0.0.1:4444 -> 127.0.0.1:1111.
@@ -281,6 +278,7 @@ mod tests {
     }
 
     fn words(ip: Ipv6Addr) -> [u32; 4] {
+        // Raw IPv6 words (a v4-mapped address stays mapped here, as the kernel would send it).
         let o = ip.octets();
         [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
     }

@@ -20,17 +20,16 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, AddressScope},
     route::{RouteAttribute, RouteType},
 };
-use udpguard_common::{NetnsEvent, map_names, netns_state};
+use udpguard_common::{NetnsEvent, map_names, names::pin_of, netns_state};
 
 use super::{
     maps::{Prediction, RouteMaps},
     model::{self, Prefix},
-    namespace,
 };
 use crate::{
-    attachment::{Attachment, map_pin},
+    attachment::Attachment,
     fastpath::{self, FastPathMaps},
-    rtnl::Rtnl,
+    sys::{netns, rtnl::Rtnl},
     watch::Coverage,
 };
 
@@ -103,7 +102,7 @@ impl RouteMirror {
         maps.forget_all();
         maps.clear_routes();
         maps.set_heartbeat(crate::clock::monotonic_ns())?;
-        let reports = MapData::from_pin(map_pin(dir, map_names::NETNS_EVENTS))
+        let reports = MapData::from_pin(dir.join(pin_of(map_names::NETNS_EVENTS)))
             .context("opening the namespace reports")?;
         let mut reports = RingBuf::try_from(Map::RingBuf(reports))?;
 
@@ -184,7 +183,7 @@ impl RouteMirror {
 
 /// Marks the watched namespaces that nothing but us holds any more: their watchers stop.
 fn mark_gone(watchers: &Watchers) {
-    let held = namespace::in_use();
+    let held = netns::in_use();
     for (identity, watcher) in watchers.lock().unwrap().iter() {
         if !held.contains(identity) {
             watcher.gone.store(true, Ordering::Relaxed);
@@ -223,7 +222,7 @@ fn on_report(watchers: &Watchers, context: &Context, event: NetnsEvent) {
         maps.lock().unwrap().forget(event.netns_cookie);
         return;
     };
-    let Ok(identity) = namespace::identity(&ns) else {
+    let Ok(identity) = netns::identity(&ns) else {
         return;
     };
     let known = watchers
@@ -249,9 +248,9 @@ fn on_report(watchers: &Watchers, context: &Context, event: NetnsEvent) {
 /// The reporting process has exited already: find its namespace among those on the host (a
 /// process or a bind mount holds it) by its cookie.
 fn namespace_with_cookie(cookie: u64) -> Option<File> {
-    let discovery = crate::scan::netns::discover().ok()?;
+    let discovery = netns::discover().ok()?;
     discovery.namespaces.iter().find_map(|candidate| {
-        let found = crate::scan::netns::open_in(candidate, crate::scan::netns::current_cookie);
+        let found = netns::open_in(candidate, netns::current_cookie);
         match found {
             Ok(c) if c == cookie => File::open(&candidate.path).ok(),
             _ => None,
@@ -266,16 +265,16 @@ fn watch(
     ns: File,
     expected_cookie: Option<u64>,
 ) -> anyhow::Result<()> {
-    let identity = namespace::identity(&ns)?;
+    let identity = netns::identity(&ns)?;
     let state = Arc::new(AtomicU32::new(0));
     let gone = Arc::new(AtomicBool::new(false));
     let (context_, state_, gone_) = (context.clone(), Arc::clone(&state), Arc::clone(&gone));
     let watchers_ = Arc::clone(watchers);
     let (cookie_tx, cookie_rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let cookie = namespace::enter(&ns)
+        let cookie = netns::enter(&ns)
             .map_err(anyhow::Error::from)
-            .and_then(|()| crate::scan::netns::current_cookie());
+            .and_then(|()| netns::current_cookie());
         let cookie = match cookie {
             Ok(c) if expected_cookie.is_none_or(|e| e == c) => c,
             _ => {
@@ -326,7 +325,7 @@ fn mirror_namespace(
 ) -> anyhow::Result<()> {
     let (maps, stop) = (&context.maps, &context.stop);
     // Subscribe before reading, so no change slips between the two.
-    let mut changes = crate::rtnl::Changes::subscribe(TICK)?;
+    let mut changes = crate::sys::rtnl::Changes::subscribe(TICK)?;
     let mut rtnl = Rtnl::open()?;
     let mut written = BTreeSet::new();
     loop {

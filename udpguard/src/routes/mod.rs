@@ -5,6 +5,5 @@
 mod maps;
 mod mirror;
 pub mod model;
-mod namespace;
 
 pub use mirror::RouteMirror;

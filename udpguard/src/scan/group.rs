@@ -8,51 +8,8 @@
 //! together.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{SocketAddr, SocketAddrV4};
 
-use super::socket::{ConnectedUdpSocket, Family};
-
-/// A (local, remote) pair of socket addresses, with v4-mapped IPv6 addresses
-/// folded to IPv4 so that sockets the kernel lets collide compare equal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FourTuple {
-    /// Local address:port.
-    pub local: SocketAddr,
-    /// Remote address:port.
-    pub remote: SocketAddr,
-}
-
-impl FourTuple {
-    /// The normalised 4-tuple of `socket`.
-    pub fn of(socket: &ConnectedUdpSocket) -> Self {
-        Self {
-            local: fold_v4_mapped(socket.local),
-            remote: fold_v4_mapped(socket.remote),
-        }
-    }
-
-    /// Which family's lookup the kernel runs for datagrams on this tuple:
-    /// IPv4 for plain and v4-mapped tuples, IPv6 otherwise.
-    pub fn lookup_family(&self) -> Family {
-        if self.local.is_ipv4() {
-            Family::Ipv4
-        } else {
-            Family::Ipv6
-        }
-    }
-}
-
-/// Rewrites a v4-mapped IPv6 socket address (`[::ffff:127.0.0.1]:53`) as the
-/// IPv4 address it stands for (`127.0.0.1:53`); other addresses are unchanged.
-pub fn fold_v4_mapped(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
+use crate::sys::socket::{ConnectedUdpSocket, FourTuple};
 
 /// Two or more connected sockets sharing one 4-tuple.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +73,10 @@ pub fn find_duplicates(
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
+    use crate::sys::socket::Family;
 
     fn sock(inode: u64, local: &str, remote: &str) -> ConnectedUdpSocket {
         let local: SocketAddr = local.parse().unwrap();
@@ -204,15 +164,6 @@ mod tests {
         assert_eq!(groups[0].tuple.local.to_string(), "[::1]:5001");
         assert_eq!(groups[0].tuple.lookup_family(), Family::Ipv6);
         assert_eq!(groups[0].sockets.len(), 2);
-    }
-
-    #[test]
-    fn fold_leaves_real_ipv6_alone() {
-        let addr: SocketAddr = "[2001:db8::1]:53".parse().unwrap();
-        assert_eq!(fold_v4_mapped(addr), addr);
-        // ::127.0.0.1 (v4-compatible, deprecated) is not v4-mapped.
-        let compat: SocketAddr = "[::7f00:1]:53".parse().unwrap();
-        assert_eq!(fold_v4_mapped(compat), compat);
     }
 
     #[test]

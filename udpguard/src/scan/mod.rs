@@ -14,22 +14,21 @@
 
 // `events` reuses these to name the holder of a conflicting tuple.
 pub(crate) mod group;
-pub(crate) mod netns;
 mod output;
-pub(crate) mod procfs;
 mod route;
-pub(crate) mod sock_diag;
-pub(crate) mod socket;
 
 use std::collections::HashSet;
 
 use anyhow::Context as _;
 
+use crate::sys::{
+    netns::{self, NetworkNamespace},
+    procfs,
+    sock_diag::SockDiag,
+};
 use group::{DuplicateGroup, Ingress};
-use netns::NetworkNamespace;
 use output::{DuplicateReport, Report, SocketReport};
 use route::RouteLookup;
-use sock_diag::SockDiag;
 
 /// What `udpguard scan` is asked for.
 #[derive(Debug, Default)]

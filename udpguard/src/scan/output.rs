@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::procfs::Process;
-use super::socket::Family;
+use crate::sys::socket::Family;
 
 /// Everything a scan found. Serialises to the documented JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

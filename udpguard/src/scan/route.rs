@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use netlink_packet_route::route::RouteAttribute;
 
-use crate::rtnl::Rtnl;
+use crate::sys::rtnl::Rtnl;
 
 /// Route queries in the network namespace the lookup was opened in.
 pub struct RouteLookup {

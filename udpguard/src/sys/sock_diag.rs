@@ -20,8 +20,7 @@ use netlink_packet_sock_diag::inet::{
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
 
-use super::group::FourTuple;
-use super::socket::{ConnectedUdpSocket, Family};
+use super::socket::{ConnectedUdpSocket, Family, FourTuple};
 
 /// `INET_DIAG_NOCOOKIE`: "match any socket" in an exact request.
 const INET_DIAG_NOCOOKIE: [u8; 8] = [0xff; 8];

@@ -213,6 +213,35 @@ impl Drop for Directory {
     }
 }
 
+/// The task directories (`/proc/<pid>/task/<tid>`) of every thread of every process but
+/// this one (its threads enter other namespaces on its own business).
+pub fn others_tasks() -> impl Iterator<Item = std::path::PathBuf> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(move |p| {
+            p.file_name()
+                .to_str()
+                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()) && name != me)
+        })
+        .flat_map(|p| {
+            std::fs::read_dir(p.path().join("task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|task| task.path())
+}
+
+/// A task's (or process's) cgroup v2 directory, from its `cgroup` file, under `root`.
+pub fn cgroup_of(task: &std::path::Path, root: &std::path::Path) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(task.join("cgroup")).ok()?;
+    let relative = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(relative.trim_start_matches('/')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,10 +6,10 @@
 //! `/run/netns/<name>` files `ip netns add` creates, which keep a namespace
 //! alive with no process in it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -194,7 +194,10 @@ fn nsfs_net_mounts(mountinfo: &str) -> Vec<(u64, PathBuf)> {
             let root = fields.nth(3)?;
             let mount_point = fields.next()?;
             let inode = parse_ns_link(root, "net")?;
-            Some((inode, PathBuf::from(unescape_mountinfo(mount_point))))
+            Some((
+                inode,
+                PathBuf::from(crate::sys::mounts::unescape(mount_point)),
+            ))
         })
         .collect()
 }
@@ -206,32 +209,6 @@ fn parse_ns_link(link: &str, kind: &str) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, etc.).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(digits)) => {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                out.push(u8::try_from(value).unwrap_or(b'?'));
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux >= 5.14):
@@ -263,9 +240,51 @@ pub fn current_cookie() -> anyhow::Result<u64> {
     Ok(cookie)
 }
 
+/// The nsfs identity of a namespace file: (device, inode).
+pub fn identity(ns: &File) -> io::Result<(u64, u64)> {
+    let meta = ns.metadata()?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Moves the calling thread into the namespace (threads have their own).
+pub fn enter(ns: &File) -> io::Result<()> {
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
+/// The namespaces something other than us holds: a task (thread) of another process is in
+/// it, or it is bind-mounted (as `ip netns add` does under /run/netns). One pass over /proc for
+/// every namespace the mirror watches: a namespace missing from it is gone but for our own
+/// threads and sockets.
+pub fn in_use() -> HashSet<(u64, u64)> {
+    let mut held = HashSet::new();
+    let mut note = |path: &Path| {
+        if let Ok(m) = std::fs::metadata(path) {
+            held.insert((m.dev(), m.ino()));
+        }
+    };
+    for task in crate::sys::procfs::others_tasks() {
+        note(&task.join("ns/net"));
+    }
+    for mount in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        note(&mount.path());
+    }
+    held
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discovery_includes_the_current_namespace() {
+        let current = current_inode().unwrap();
+        let discovery = discover().unwrap();
+        assert!(discovery.namespaces.iter().any(|n| n.inode == current));
+    }
 
     const MOUNTINFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -312,18 +331,5 @@ mod tests {
         assert_eq!(parse_ns_link("net:[4026531840]", "net"), Some(4026531840));
         assert_eq!(parse_ns_link("mnt:[4026531840]", "net"), None);
         assert_eq!(parse_ns_link("net:[x]", "net"), None);
-    }
-
-    #[test]
-    fn unescapes_octal() {
-        assert_eq!(unescape_mountinfo("a\\040b\\134c"), "a b\\c");
-        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
-    }
-
-    #[test]
-    fn discovery_includes_the_current_namespace() {
-        let current = current_inode().unwrap();
-        let discovery = discover().unwrap();
-        assert!(discovery.namespaces.iter().any(|n| n.inode == current));
     }
 }
