@@ -13,7 +13,10 @@ fn the_object_holds_every_name_user_space_uses() {
         assert!(obj.maps.contains_key(map), "map {map} missing");
     }
     for program in program_names::ALL {
-        assert!(obj.programs.contains_key(program), "program {program} missing");
+        assert!(
+            obj.programs.contains_key(program),
+            "program {program} missing"
+        );
     }
     let elf = object::File::parse(OBJECT).unwrap();
     let symbols: Vec<&str> = elf.symbols().filter_map(|s| s.name().ok()).collect();
