@@ -36,8 +36,8 @@ use udpguard_common::{
 
 use crate::fastpath;
 
-/// `BPF_F_MMAPABLE`: the agent seeds the table through a shared mapping, with the same steps.
-const MMAPABLE: usize = 1 << 10;
+/// The agent seeds the table through a shared mapping, with the same steps.
+const MMAPABLE: usize = aya_ebpf::bindings::BPF_F_MMAPABLE as usize;
 
 /// The claim table. Its size here is a placeholder: user space sets it at load time, and
 /// [`CLAIM_MASK`] with it.
@@ -558,25 +558,38 @@ fn remember(
     }
 }
 
-/// Turns a claim (`claim` as a record holds it) into an unowned old one, as a seeded claim is,
-/// unless another socket has taken it over.
+/// Takes the way a record's claim (`claim`, `order`) points at, when it is still that socket's
+/// (`owner`): its order swapped to WRITING. None when another socket has taken it over, the way
+/// left as it was (a later claim may carry the same order: the owner tells them apart).
 #[inline(always)]
-fn disown(claim: u32, order: u64, owner: u64) {
+fn take_own(claim: u32, order: u64, owner: u64) -> Option<(Bucket, usize)> {
     let (index, way) = way_of_ref(claim);
-    let Some(bucket) = Bucket::at(index) else {
-        return;
-    };
+    let bucket = Bucket::at(index)?;
     let slot = bucket.slot(way);
     // SAFETY: a pointer into the table; the swap of its order makes the way ours.
     unsafe {
         let order_word = &raw mut (*slot).order;
         if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order_word, order, WRITING).1 {
-            return;
+            return None;
         }
         if ptr::read_volatile(&(*slot).owner) != owner {
             atomic_xchg::<u64, { SeqCst }>(order_word, order);
-            return;
+            return None;
         }
+    }
+    Some((bucket, way))
+}
+
+/// Turns a claim (`claim` as a record holds it) into an unowned old one, as a seeded claim is,
+/// unless another socket has taken it over.
+#[inline(always)]
+fn disown(claim: u32, order: u64, owner: u64) {
+    let Some((bucket, way)) = take_own(claim, order, owner) else {
+        return;
+    };
+    let slot = bucket.slot(way);
+    // SAFETY: a pointer into the table; `take_own` made the way ours.
+    unsafe {
         // When: the agent's sweep frees it only if a dump taken after this shows its tuple free.
         ptr::write_volatile(
             &raw mut (*slot).owner,
@@ -584,30 +597,16 @@ fn disown(claim: u32, order: u64, owner: u64) {
         );
         // Unrecorded now: a device-bound one no longer stands for a holder by itself.
         ptr::write_volatile(&raw mut (*slot).flags, 0);
-        atomic_xchg::<u64, { SeqCst }>(order_word, SEEDED_ORDER);
+        atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, SEEDED_ORDER);
     }
 }
 
 /// Frees a claim (`claim` as a record holds it), unless another socket has taken it over.
 #[inline(always)]
 fn release(claim: u32, order: u64, owner: u64) {
-    let (index, way) = way_of_ref(claim);
-    let Some(bucket) = Bucket::at(index) else {
-        return;
-    };
-    let slot = bucket.slot(way);
-    // SAFETY: a pointer into the table; the swap of its order makes the way ours.
-    unsafe {
-        let order_word = &raw mut (*slot).order;
-        if !atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(order_word, order, WRITING).1 {
-            return; // taken over: not ours to free
-        }
-        if ptr::read_volatile(&(*slot).owner) != owner {
-            atomic_xchg::<u64, { SeqCst }>(order_word, order); // a later claim, same order
-            return;
-        }
+    if let Some((bucket, way)) = take_own(claim, order, owner) {
+        free(bucket, way);
     }
-    free(bucket, way);
 }
 
 /// True when the claim a record points at is still its socket's.

@@ -7,8 +7,8 @@ use core::ptr::read_volatile;
 use aya_ebpf::{btf_maps::Array, helpers::generated::bpf_jiffies64, macros::btf_map};
 use udpguard_common::{NAMESPACE_SLOTS, NamespaceIndex, namespace_slot};
 
-/// `BPF_F_MMAPABLE`: the agent writes its word through a shared mapping, field by field.
-const MMAPABLE: usize = 1 << 10;
+/// The agent writes its word through a shared mapping, field by field.
+const MMAPABLE: usize = aya_ebpf::bindings::BPF_F_MMAPABLE as usize;
 
 /// Per namespace slot: the agent's word and the programs' notes (see [`NamespaceIndex`]). An
 /// array, read on every connect, and times in `jiffies`: the verifier inlines both, so the
