@@ -27,7 +27,9 @@ pub const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
 /// else but pins).
 const LOCK_DIR: &str = "lock";
 
-/// How long a writer waits for another's lock before it says who holds it.
+/// How long a writer waits for one holder of the lock before it says who holds it. The wait
+/// starts again when the lock changes hands: a queue of writers that each finish in time (six
+/// attaches at once on a loaded host) all get their turn; a stuck one is named.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The directory holding one sub-directory per attachment. `UDPGUARD_PIN_ROOT` moves it
@@ -119,7 +121,7 @@ pub struct PinLock {
 }
 
 impl PinLock {
-    /// Waits for the lock (at most [`LOCK_WAIT`], then says who holds it).
+    /// Waits for the lock (at most [`LOCK_WAIT`] per holder, then says who holds it).
     pub fn acquire(root: &Path) -> Result<PinLock> {
         let dir = root.join(LOCK_DIR);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -128,8 +130,14 @@ impl PinLock {
             }
             _ => {}
         }
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut file = File::open(&dir).map_err(io(format!("opening {}", dir.display())))?;
+        let ino = file.metadata().map(|meta| meta.ino()).unwrap_or(0);
+        let locker = || {
+            let locks = std::fs::read_to_string("/proc/locks").ok()?;
+            lock_holder(&locks, ino)
+        };
+        let mut holder = None;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(PinLock { _lock: lock }),
@@ -137,6 +145,11 @@ impl PinLock {
                 Err((_, errno)) => {
                     return Err(io(format!("locking {}", dir.display()))(errno.into()));
                 }
+            }
+            let now_held_by = locker();
+            if now_held_by != holder {
+                holder = now_held_by;
+                started = Instant::now();
             }
             if started.elapsed() >= LOCK_WAIT {
                 return Err(Error::Locked {
