@@ -254,58 +254,103 @@ fn unicast(socket: &ConnectedUdpSocket) -> bool {
     plain(socket.local.ip()) && plain(socket.remote.ip())
 }
 
+/// What one refresh of a namespace does, decided from the state under one lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Some connects in it go unseen (the watch is not running): fast path off.
+    Withdraw,
+    /// On, and checked recently: renew the lease only.
+    Renew,
+    /// On, and a check is due: renew the lease, dump the sockets, withdraw if the claims miss one.
+    Check,
+    /// Off, and a seeding failed a short while ago: stay off.
+    Wait,
+    /// Off: seed the claims from a dump and vouch for the namespace, if its connects are all seen.
+    Seed,
+}
+
+/// What the state before a refresh calls for. Pure: `covered` (every connect in the cgroup is
+/// seen, by the guard or the watch), `on` and `sweep_due` as [`FastPathMaps`] say,
+/// `retry_pending` (a failed seeding's wait is not over). Whether this namespace's own tasks
+/// are all seen is a walk of /proc, asked only by [`Step::Check`] and [`Step::Seed`], outside
+/// the lock.
+fn plan(covered: bool, on: bool, sweep_due: bool, retry_pending: bool) -> Step {
+    match () {
+        // Unseen connects make the index incomplete, whatever it held.
+        () if !covered => Step::Withdraw,
+        () if on && sweep_due => Step::Check,
+        () if on => Step::Renew,
+        // Seeding again at once would fail as it did: no room, or the slot another's.
+        () if retry_pending => Step::Wait,
+        () => Step::Seed,
+    }
+}
+
 /// Brings one namespace (`netns`: its nsfs identity) up to date; runs on a thread inside it.
 /// `coverage` says whether every connect in it is seen (by the guard at the cgroup root, or by
-/// the watch). Returns whether the fast path is on.
+/// the watch). Decides under one lock what to do ([`plan`]), then does it; dumps are taken
+/// without the lock (other namespaces' threads share it). Returns whether the fast path is on.
 pub fn refresh(
     maps: &std::sync::Mutex<FastPathMaps>,
     netns_cookie: u64,
     netns: (u64, u64),
     coverage: &crate::watch::Coverage,
 ) -> anyhow::Result<bool> {
-    if !coverage.covered() {
-        maps.lock().unwrap().withdraw(netns_cookie);
-        return Ok(false);
-    }
-    if maps.lock().unwrap().is_on(netns_cookie) {
-        maps.lock().unwrap().namespaces.renew(netns_cookie)?;
-        if maps.lock().unwrap().sweep_due(netns_cookie) {
-            if !coverage.covers(netns) {
-                maps.lock().unwrap().withdraw(netns_cookie);
-                return Ok(false);
-            }
-            // Dumped without the lock: other namespaces' threads share it.
-            let began = clock::jiffies()?;
-            let held = held_tuples(netns_cookie)?;
-            let mut maps = maps.lock().unwrap();
-            let missing = held.keys().filter(|key| !maps.claims.contains(key)).count();
-            if missing > 0 && maps.is_on(netns_cookie) {
-                // The claims should hold every tuple here: something connected unseen.
-                tracing::warn!(
-                    "netns {netns_cookie}: {missing} held tuple(s) missing from the claims; \
-                     fast path off until the next seeding"
-                );
-                maps.withdraw(netns_cookie);
-                return Ok(false);
-            }
-            maps.sweep(netns_cookie, &held, began)?;
+    let step = {
+        let mut maps = maps.lock().unwrap();
+        let step = plan(
+            coverage.covered(),
+            maps.is_on(netns_cookie),
+            maps.sweep_due(netns_cookie),
+            maps.retry
+                .get(&netns_cookie)
+                .is_some_and(|at| Instant::now() < *at),
+        );
+        match step {
+            Step::Withdraw => maps.withdraw(netns_cookie),
+            Step::Renew | Step::Check => maps.namespaces.renew(netns_cookie)?,
+            Step::Wait | Step::Seed => {}
         }
-        return Ok(true);
+        step
+    };
+    match step {
+        Step::Withdraw | Step::Wait => Ok(false),
+        Step::Renew => Ok(true),
+        // The check is where a namespace the watch stopped covering loses the fast path.
+        Step::Check if !coverage.covers(netns) => {
+            maps.lock().unwrap().withdraw(netns_cookie);
+            Ok(false)
+        }
+        Step::Check => check(maps, netns_cookie),
+        // A namespace whose connects are not all seen is never vouched for.
+        Step::Seed if !coverage.covers(netns) => Ok(false),
+        Step::Seed => seed(maps, netns_cookie),
     }
-    if maps
-        .lock()
-        .unwrap()
-        .retry
-        .get(&netns_cookie)
-        .is_some_and(|at| Instant::now() < *at)
-    {
+}
+
+/// Dumps the namespace and withdraws its fast path if the claims miss a held tuple.
+fn check(maps: &std::sync::Mutex<FastPathMaps>, netns_cookie: u64) -> anyhow::Result<bool> {
+    let began = clock::jiffies()?;
+    let held = held_tuples(netns_cookie)?;
+    let mut maps = maps.lock().unwrap();
+    let missing = held.keys().filter(|key| !maps.claims.contains(key)).count();
+    if missing > 0 && maps.is_on(netns_cookie) {
+        // The claims should hold every tuple here: something connected unseen.
+        tracing::warn!(
+            "netns {netns_cookie}: {missing} held tuple(s) missing from the claims; \
+             fast path off until the next seeding"
+        );
+        maps.withdraw(netns_cookie);
         return Ok(false);
     }
-    if !coverage.covers(netns) {
-        return Ok(false);
-    }
-    // Seed: what connected before now is in the dump; what connects after goes through the
-    // programs, into the claims or noted as unindexed.
+    maps.sweep(netns_cookie, &held, began)?;
+    Ok(true)
+}
+
+/// Seeds the claims from a dump and vouches for the namespace: what connected before the dump
+/// is in it; what connects after goes through the programs, into the claims or noted as
+/// unindexed.
+fn seed(maps: &std::sync::Mutex<FastPathMaps>, netns_cookie: u64) -> anyhow::Result<bool> {
     let since = clock::jiffies()?.saturating_sub(clock::ticks(IN_FLIGHT_MARGIN_SECS));
     let held = held_tuples(netns_cookie)?;
     let mut maps = maps.lock().unwrap();
@@ -347,6 +392,31 @@ fn claim_key(netns_cookie: u64, socket: &ConnectedUdpSocket) -> ClaimKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `plan(covered, on, sweep_due, retry_pending)`, rule by rule.
+    #[test]
+    fn unseen_connects_withdraw_whatever_the_state() {
+        for on in [false, true] {
+            for due in [false, true] {
+                assert_eq!(plan(false, on, due, false), Step::Withdraw);
+            }
+        }
+    }
+
+    #[test]
+    fn an_indexed_namespace_is_renewed_and_checked_when_due() {
+        assert_eq!(plan(true, true, false, false), Step::Renew);
+        assert_eq!(plan(true, true, true, false), Step::Check);
+        // A pending retry is about seeding; it never stops the checks of an indexed namespace.
+        assert_eq!(plan(true, true, true, true), Step::Check);
+    }
+
+    #[test]
+    fn seeding_waits_for_its_retry() {
+        assert_eq!(plan(true, false, true, false), Step::Seed);
+        assert_eq!(plan(true, false, false, false), Step::Seed);
+        assert_eq!(plan(true, false, true, true), Step::Wait);
+    }
 
     #[test]
     fn claim_keys_match_the_programs() {
