@@ -1,5 +1,5 @@
-//! The race (issue 6): concurrent connects of one tuple never both succeed, and the claims
-//! that ensure it never refuse the legitimate neighbours: a new socket taking a tuple its
+//! The claims (the race, issue 6): concurrent connects of one tuple never both succeed, and
+//! the claims that ensure it never refuse the legitimate neighbours: a new socket taking a tuple its
 //! holder just closed, moved away from, or disconnected. Real kernel, root, own sandbox each.
 mod common;
 

@@ -1,5 +1,5 @@
-//! Wildcard-bound sockets (issue 5): with `udpguard run` mirroring the routes, a socket bound
-//! to 0.0.0.0 / [::] is checked on the source the kernel will choose, and never refused on a
+//! The route mirror, for wildcard-bound sockets (issue 5): with `udpguard run` mirroring the
+//! routes, a socket bound to 0.0.0.0 / [::] is checked on the source the kernel will choose, and never refused on a
 //! guess: without the agent, or before a namespace is loaded, it passes and is counted.
 mod common;
 
