@@ -62,19 +62,81 @@ pub fn parse_events_buffer(text: &str) -> std::result::Result<u32, String> {
     }
 }
 
-/// Attaches the guard to a cgroup, or updates it in place.
+/// What is already at a cgroup's attachment place, as [`plan`] needs to know it.
+#[derive(Debug)]
+enum Found {
+    Nothing,
+    /// Attached by this binary: its settings, and whether its programs can set an errno.
+    SameBuild {
+        settings: Settings,
+        set_retval: bool,
+    },
+    /// Attached by another build, or unreadable: its settings when they could be read.
+    OtherBuild {
+        settings: Option<Settings>,
+    },
+}
+
+/// What `attach` will do.
+#[derive(Debug)]
+enum Plan {
+    /// Load the programs and attach them, in place of what is there for `Replaced`.
+    Load {
+        outcome: AttachOutcome,
+        settings: Settings,
+    },
+    /// Apply the settings to the attachment in place; `notes`: options that cannot.
+    Update {
+        settings: Settings,
+        notes: Vec<String>,
+    },
+    Refuse(Error),
+}
+
+/// Decides an attach from what is there and what is asked. Pure: no I/O.
+fn plan(found: Found, request: &AttachRequest) -> Plan {
+    let (mode, errno, autobind) = (request.mode, request.errno, request.autobind);
+    match found {
+        Found::Nothing => Plan::Load {
+            outcome: AttachOutcome::Attached,
+            settings: Settings::default().with(mode, errno, autobind),
+        },
+        // Keep what the old attachment was set to, unless told otherwise.
+        Found::OtherBuild { settings } => Plan::Load {
+            outcome: AttachOutcome::Replaced,
+            settings: settings.unwrap_or_default().with(mode, errno, autobind),
+        },
+        Found::SameBuild {
+            settings,
+            set_retval,
+        } => {
+            let settings = settings.with(mode, errno, autobind);
+            // The loaded programs cannot choose an errno: refuse rather than pretend.
+            if settings.errno.needs_set_retval() && !set_retval {
+                return Plan::Refuse(Error::NoSetRetval);
+            }
+            let mut notes = Vec::new();
+            // Sizes are fixed when the programs are loaded: say so rather than ignore them.
+            if request.events_buffer.is_some() || request.max_sockets.is_some() {
+                notes.push(
+                    "--events-buffer and --max-sockets apply when the programs are loaded: the \
+                     attachment keeps its sizes (detach and attach again to change them)"
+                        .to_string(),
+                );
+            }
+            Plan::Update { settings, notes }
+        }
+    }
+}
+
+/// Attaches the guard to a cgroup, or updates it in place: looks at what is there, decides
+/// ([`plan`]), and carries the plan out, all under the pin root's lock.
 pub fn attach(request: &AttachRequest) -> Result<Attached> {
-    let AttachRequest {
-        ref cgroup,
-        mode,
-        errno,
-        autobind,
-        events_buffer,
-        max_sockets,
-    } = *request;
-    let sizes = max_sockets.map_or_else(TableSizes::for_this_host, TableSizes::for_sockets);
+    let sizes = request
+        .max_sockets
+        .map_or_else(TableSizes::for_this_host, TableSizes::for_sockets);
     privilege::require("attach")?;
-    let cgroup = Cgroup::open_or_root(cgroup.as_deref())?;
+    let cgroup = Cgroup::open_or_root(request.cgroup.as_deref())?;
     let root = bpffs::ensure_pin_root()?;
     // Once begun, it finishes: SIGINT/SIGTERM wait until the attachment is whole.
     let _signals = crate::faults::SignalsHeld::new();
@@ -83,23 +145,24 @@ pub fn attach(request: &AttachRequest) -> Result<Attached> {
     attachment::remove_leftovers(&root)?;
 
     let dir = root.join(attachment::dir_name(cgroup.id));
-    let existing = dir.exists().then(|| Attachment::open(&dir));
-    match existing {
-        Some(Ok(mut current)) if current.matches_binary() => {
-            let settings = current.settings()?.with(mode, errno, autobind);
-            if settings.errno.needs_set_retval() && !current.features().set_retval() {
-                return Err(Error::NoSetRetval);
-            }
+    let mut current = dir.exists().then(|| Attachment::open(&dir));
+    let found = match &current {
+        None => Found::Nothing,
+        Some(Ok(current)) if current.matches_binary() => Found::SameBuild {
+            settings: current.settings()?,
+            set_retval: current.features().set_retval(),
+        },
+        Some(current) => Found::OtherBuild {
+            settings: current.as_ref().ok().and_then(|a| a.settings().ok()),
+        },
+    };
+    match plan(found, request) {
+        Plan::Refuse(error) => Err(error),
+        Plan::Update { settings, notes } => {
+            let Some(Ok(current)) = current.as_mut() else {
+                unreachable!("an update plan is made only for a readable attachment")
+            };
             current.set_settings(settings)?;
-            let mut notes = Vec::new();
-            // Sizes are fixed when the programs are loaded: say so rather than ignore them.
-            if events_buffer.is_some() || max_sockets.is_some() {
-                notes.push(
-                    "--events-buffer and --max-sockets apply when the programs are loaded: the \
-                     attachment keeps its sizes (detach and attach again to change them)"
-                        .to_string(),
-                );
-            }
             Ok(Attached {
                 cgroup,
                 outcome: AttachOutcome::Updated,
@@ -109,20 +172,12 @@ pub fn attach(request: &AttachRequest) -> Result<Attached> {
                 notes,
             })
         }
-        Some(current) => {
-            // Keep what the old attachment was set to, unless told otherwise.
-            let old = current.and_then(|a| a.settings()).unwrap_or_default();
-            let settings = old.with(mode, errno, autobind);
-            let events_buffer = events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
+        Plan::Load { outcome, settings } => {
+            let events_buffer = request.events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
+            let replacing = (outcome == AttachOutcome::Replaced).then_some(dir.as_path());
             let loaded =
-                attachment::create(&root, &cgroup, settings, events_buffer, sizes, Some(&dir))?;
-            Ok(attached(cgroup, AttachOutcome::Replaced, settings, &loaded))
-        }
-        None => {
-            let settings = Settings::default().with(mode, errno, autobind);
-            let events_buffer = events_buffer.unwrap_or(DEFAULT_EVENTS_BUFFER);
-            let loaded = attachment::create(&root, &cgroup, settings, events_buffer, sizes, None)?;
-            Ok(attached(cgroup, AttachOutcome::Attached, settings, &loaded))
+                attachment::create(&root, &cgroup, settings, events_buffer, sizes, replacing)?;
+            Ok(attached(cgroup, outcome, settings, &loaded))
         }
     }
 }
@@ -211,6 +266,78 @@ pub fn detach_all() -> Result<Vec<std::path::PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ask(mode: Option<Mode>, errno: Option<Errno>) -> AttachRequest {
+        AttachRequest {
+            mode,
+            errno,
+            ..AttachRequest::default()
+        }
+    }
+
+    #[test]
+    fn nothing_there_loads_with_what_is_asked_over_the_defaults() {
+        let Plan::Load { outcome, settings } = plan(Found::Nothing, &ask(Some(Mode::Audit), None))
+        else {
+            panic!("not a load");
+        };
+        assert_eq!(outcome, AttachOutcome::Attached);
+        assert_eq!(settings.mode, Mode::Audit);
+        assert_eq!(settings.errno, Settings::default().errno);
+    }
+
+    #[test]
+    fn another_build_is_replaced_keeping_its_settings_unless_told_otherwise() {
+        let old = Settings::default().with(Some(Mode::Audit), Some(Errno::Eaddrinuse), None);
+        let found = Found::OtherBuild {
+            settings: Some(old),
+        };
+        let Plan::Load { outcome, settings } = plan(found, &ask(None, Some(Errno::Eperm))) else {
+            panic!("not a load");
+        };
+        assert_eq!(outcome, AttachOutcome::Replaced);
+        assert_eq!(settings.mode, Mode::Audit, "kept");
+        assert_eq!(settings.errno, Errno::Eperm, "asked");
+        // Unreadable: replaced with the defaults and what is asked.
+        let found = Found::OtherBuild { settings: None };
+        assert!(matches!(
+            plan(found, &ask(None, None)),
+            Plan::Load { outcome: AttachOutcome::Replaced, settings } if settings == Settings::default()
+        ));
+    }
+
+    #[test]
+    fn the_same_build_is_updated_in_place_and_says_what_it_cannot_change() {
+        let found = || Found::SameBuild {
+            settings: Settings::default(),
+            set_retval: true,
+        };
+        let Plan::Update { settings, notes } = plan(found(), &ask(Some(Mode::Audit), None)) else {
+            panic!("not an update");
+        };
+        assert_eq!(settings.mode, Mode::Audit);
+        assert!(notes.is_empty());
+        let sized = AttachRequest {
+            max_sockets: Some(1000),
+            ..AttachRequest::default()
+        };
+        let Plan::Update { notes, .. } = plan(found(), &sized) else {
+            panic!("not an update");
+        };
+        assert!(notes[0].contains("--max-sockets"), "{notes:?}");
+    }
+
+    #[test]
+    fn an_errno_the_loaded_programs_cannot_set_is_refused() {
+        let found = Found::SameBuild {
+            settings: Settings::default(),
+            set_retval: false,
+        };
+        assert!(matches!(
+            plan(found, &ask(None, Some(Errno::Eaddrinuse))),
+            Plan::Refuse(Error::NoSetRetval)
+        ));
+    }
 
     #[test]
     fn events_buffer_sizes() {
