@@ -67,14 +67,11 @@ impl Coverage {
 
 /// True when every task (thread) in the namespace `netns`, but ours, is in `scope` or below.
 fn every_task_inside(netns: (u64, u64), scope: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
     let Ok(root) = crate::cgroup::root() else {
         return false;
     };
     crate::sys::procfs::others_tasks()
-        .filter(|task| {
-            std::fs::metadata(task.join("ns/net")).is_ok_and(|m| (m.dev(), m.ino()) == netns)
-        })
+        .filter(|task| crate::sys::netns::identity_of_task(task) == Some(netns))
         // Outside, or gone before we could tell.
         .all(|task| {
             crate::sys::procfs::cgroup_of(&task, &root).is_some_and(|c| c.starts_with(scope))

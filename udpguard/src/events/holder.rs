@@ -14,7 +14,6 @@
 use std::{
     collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
-    path::PathBuf,
 };
 
 use anyhow::Context as _;
@@ -148,7 +147,7 @@ fn holding_inode(
 
 /// The network namespace of process `pid`, if it still exists.
 fn namespace_of_pid(pid: u32) -> Option<NetworkNamespace> {
-    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let path = crate::sys::netns::path_of_pid(pid.into());
     let inode = std::fs::metadata(&path).ok()?.ino();
     Some(NetworkNamespace {
         name: format!("pid {pid}"),

@@ -214,7 +214,7 @@ fn wait_readable(ring: &RingBuf<MapData>, most: Duration) {
 fn on_report(watchers: &Watchers, context: &Context, event: NetnsEvent) {
     let maps = &context.maps;
     let pid = event.pid_tgid >> 32;
-    let ns = File::open(format!("/proc/{pid}/ns/net"))
+    let ns = File::open(netns::path_of_pid(pid))
         .ok()
         .or_else(|| namespace_with_cookie(event.netns_cookie));
     let Some(ns) = ns else {

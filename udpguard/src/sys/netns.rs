@@ -95,7 +95,7 @@ pub fn discover() -> io::Result<Discovery> {
         .collect();
     pids.sort_unstable();
     for pid in pids {
-        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let path = path_of_pid(pid.into());
         match std::fs::read_link(&path) {
             Ok(target) => {
                 if let Some(inode) = target.to_str().and_then(|t| parse_ns_link(t, "net")) {
@@ -251,26 +251,35 @@ pub fn enter(ns: &File) -> io::Result<()> {
     setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
+/// Where process `pid`'s network namespace is named in /proc.
+pub fn path_of_pid(pid: u64) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/net"))
+}
+
+/// The nsfs identity (device, inode) of the network namespace of a task (`/proc/<pid>` or
+/// `/proc/<pid>/task/<tid>`), if it still exists and may be read.
+pub fn identity_of_task(task: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(task.join("ns/net"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 /// The namespaces something other than us holds: a task (thread) of another process is in
 /// it, or it is bind-mounted (as `ip netns add` does under /run/netns). One pass over /proc for
 /// every namespace the mirror watches: a namespace missing from it is gone but for our own
 /// threads and sockets.
 pub fn in_use() -> HashSet<(u64, u64)> {
-    let mut held = HashSet::new();
-    let mut note = |path: &Path| {
-        if let Ok(m) = std::fs::metadata(path) {
-            held.insert((m.dev(), m.ino()));
-        }
-    };
-    for task in crate::sys::procfs::others_tasks() {
-        note(&task.join("ns/net"));
-    }
+    let mut held: HashSet<(u64, u64)> = crate::sys::procfs::others_tasks()
+        .filter_map(|task| identity_of_task(&task))
+        .collect();
     for mount in std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
         .flatten()
     {
-        note(&mount.path());
+        if let Ok(m) = std::fs::metadata(mount.path()) {
+            held.insert((m.dev(), m.ino()));
+        }
     }
     held
 }
