@@ -12,9 +12,14 @@ use common::{Agent, Sandbox};
 const NAMESPACES: usize = 300;
 /// Namespaces alive at once.
 const AT_ONCE: usize = 20;
-/// The most a namespace may wait, from its first connect, before wildcard duplicates are
-/// refused there (the first connects in between pass, counted wildcard_new_netns).
-const LOADED_WITHIN: Duration = Duration::from_millis(250);
+/// How long namespaces wait, from their first connect, before wildcard duplicates are refused
+/// there (the first connects in between pass, counted wildcard_new_netns). The median tells a
+/// load driven by the kernel's report (milliseconds) from one driven by polling (half the
+/// period: 500 ms for the old once-a-second poll) on a loaded machine too; the worst bound
+/// only catches a namespace that is never loaded, as the tail is the machine's noise (6 ms
+/// median, 34 ms worst on a quiet one; over 250 ms seen with four test binaries at load 9).
+const MEDIAN_LOADED_WITHIN: Duration = Duration::from_millis(100);
+const WORST_LOADED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Makes `n` namespaces, `at_once` at a time; prints, per namespace, the milliseconds from its
 /// first wildcard connect until a duplicate was refused.
@@ -111,7 +116,11 @@ fn namespaces_that_come_and_go_are_loaded_at_once_and_their_memory_given_back() 
     );
     assert_eq!(waits.len(), NAMESPACES);
     assert!(
-        Duration::from_millis(worst) <= LOADED_WITHIN,
+        Duration::from_millis(median) <= MEDIAN_LOADED_WITHIN,
+        "namespaces waited {median} ms (median)"
+    );
+    assert!(
+        Duration::from_millis(worst) <= WORST_LOADED_WITHIN,
         "a namespace waited {worst} ms"
     );
     assert_eq!(threads_after, threads_before, "watchers left behind");
