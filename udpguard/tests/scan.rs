@@ -8,17 +8,17 @@
 //! peer sends.
 //!
 //! These tests need root (they create network namespaces); they fail, never
-//! skip, without it.
+//! skip, without it. The namespace is a [`Sandbox`]'s (the one harness); scan loads no BPF,
+//! so its processes run in the sandbox's unguarded cgroup.
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Sandbox, UDPGUARD};
 use serde_json::{Value, json};
-
-const UDPGUARD: &str = env!("CARGO_BIN_EXE_udpguard");
 
 /// The helper that holds sockets. It reads one JSON command per line on stdin
 /// and answers one JSON line on stdout; it exits when stdin closes.
@@ -89,17 +89,6 @@ for line in sys.stdin:
         answer({"child": child})
 "#;
 
-/// Fails the test (never skips it) when not root.
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the scan integration tests need root: they create network namespaces with \
-         `ip netns add`. Run them as root (e.g. `sudo -E cargo test -p udpguard --test scan`)."
-    );
-}
-
 fn python() -> &'static str {
     if std::path::Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
@@ -108,40 +97,22 @@ fn python() -> &'static str {
     }
 }
 
-fn run_ok(command: &mut Command) {
-    let output = command.output().expect("cannot run a command");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A private network namespace with `lo` up, deleted on drop (also on panic).
+/// A sandbox's network namespace (`lo` up), removed on drop (also on panic).
 struct TestNetns {
+    sandbox: Sandbox,
     name: String,
 }
 
 impl TestNetns {
     fn new() -> Self {
-        require_root();
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "udpguard-scan-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let netns = Self { name };
-        run_ok(Command::new("ip").args(["-n", &netns.name, "link", "set", "lo", "up"]));
-        netns
+        let sandbox = Sandbox::new("scan");
+        let name = sandbox.name.clone();
+        Self { sandbox, name }
     }
 
-    /// `ip netns exec <name> <program>`.
+    /// `program`, run inside the namespace.
     fn command(&self, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name, program]);
-        command
+        self.sandbox.command(program, false)
     }
 
     /// Runs `udpguard scan <args>` inside the namespace.
@@ -174,14 +145,6 @@ impl TestNetns {
             stdin,
             stdout,
         }
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
     }
 }
 
