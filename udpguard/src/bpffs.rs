@@ -27,9 +27,10 @@ pub const DEFAULT_MOUNT: &str = "/sys/fs/bpf";
 /// else but pins).
 const LOCK_DIR: &str = "lock";
 
-/// How long a writer waits for one holder of the lock before it says who holds it. The wait
-/// starts again when the lock changes hands: a queue of writers that each finish in time (six
-/// attaches at once on a loaded host) all get their turn; a stuck one is named.
+/// How long a writer waits for a holder of the lock that makes no progress before it says who
+/// holds it. The wait starts again when the lock changes hands or its holder uses CPU: a queue
+/// of writers (six attaches at once on a host at load 9, where one attach can take more than
+/// 10 s) all get their turn; a stuck one (asleep, gone with a child holding the lock) is named.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The directory holding one sub-directory per attachment. `UDPGUARD_PIN_ROOT` moves it
@@ -121,7 +122,8 @@ pub struct PinLock {
 }
 
 impl PinLock {
-    /// Waits for the lock (at most [`LOCK_WAIT`] per holder, then says who holds it).
+    /// Waits for the lock (until its holder makes no progress for [`LOCK_WAIT`], then says
+    /// who holds it).
     pub fn acquire(root: &Path) -> Result<PinLock> {
         let dir = root.join(LOCK_DIR);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -147,8 +149,9 @@ impl PinLock {
                 }
             }
             let now_held_by = locker();
-            if now_held_by != holder {
-                holder = now_held_by;
+            let progress = now_held_by.map(|pid| (pid, crate::sys::procfs::cpu_ticks(pid)));
+            if progress != holder {
+                holder = progress;
                 started = Instant::now();
             }
             if started.elapsed() >= LOCK_WAIT {

@@ -235,6 +235,21 @@ pub fn others_tasks() -> impl Iterator<Item = std::path::PathBuf> {
         .map(|task| task.path())
 }
 
+/// The CPU time process `pid` has used (user + system, all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime + stime` from a `/proc/<pid>/stat` line: fields 14 and 15, counted after the
+/// command name, which is in parentheses and may hold spaces and parentheses itself.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// A task's (or process's) cgroup v2 directory, from its `cgroup` file, under `root`.
 pub fn cgroup_of(task: &std::path::Path, root: &std::path::Path) -> Option<std::path::PathBuf> {
     let text = std::fs::read_to_string(task.join("cgroup")).ok()?;
@@ -245,6 +260,13 @@ pub fn cgroup_of(task: &std::path::Path, root: &std::path::Path) -> Option<std::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4321 (a (b) c) S 1 4321 4321 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 1 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(22));
+        assert_eq!(parse_cpu_ticks("4321 (x) S 1"), None);
+    }
 
     #[test]
     fn parses_socket_links_only() {
