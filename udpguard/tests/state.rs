@@ -97,19 +97,41 @@ fn an_unprivileged_user_can_neither_lock_the_pin_root_nor_make_it() {
     sb.detach();
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let _ = std::fs::remove_dir(root.join("lock"));
+    // One process that holds the lock itself, so killing it leaves nothing behind.
+    let hold = "import fcntl, os, sys, time\n\
+                fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+                fcntl.flock(fd, fcntl.LOCK_EX)\n\
+                time.sleep(600)";
     let mut holder = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // Not a pyenv shim under /root, which the unprivileged user cannot read.
+            "/usr/bin/python3",
+            "-c",
+            hold,
+        ])
         .arg(root)
-        .args(["sleep", "30"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "the unprivileged holder could not lock the 0755 pin root"
+    );
     let started = Instant::now();
     sb.attach(&[]);
     let took = started.elapsed();
+    // Not waited for: the holder still holds its lock when the attach is done.
+    let still_holding = holder.try_wait().unwrap().is_none();
     let _ = holder.kill();
     let _ = holder.wait();
-    assert!(took < Duration::from_secs(5), "attach waited {took:?}");
+    eprintln!("attach beside an unprivileged lock on the pin root took {took:?}");
+    assert!(
+        still_holding,
+        "the attach waited for the unprivileged holder"
+    );
     assert_eq!(
         std::fs::metadata(root).unwrap().permissions().mode() & 0o777,
         0o700
