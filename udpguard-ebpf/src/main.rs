@@ -160,16 +160,17 @@ enum Verdict {
     NotChecked(Counter),
     /// The socket gets its port from this connect (auto-bind): see [`autobind`].
     Autobind,
-    /// No socket the kernel's lookup sees holds the 4-tuple (`indexed: false`), or the claims
-    /// index the namespace and will tell (`indexed: true`). `device`: see `ClaimSlot::device`.
-    Unique {
+    /// No holder seen yet; the claim decides. `looked_up`: the kernel's lookup found none;
+    /// otherwise it was skipped, as the claims index every held tuple of the namespace (the
+    /// fast path) and a claim of the tuple is what tells. `device`: see `ClaimSlot::device`.
+    NoHolderSeen {
         tuple: Tuple,
         netns: u64,
         device: u32,
-        indexed: bool,
+        looked_up: bool,
     },
     /// The caller itself holds the 4-tuple already.
-    AlreadyHeld,
+    OwnTuple,
     /// Another ESTABLISHED socket holds the 4-tuple.
     Conflict(Tuple),
 }
@@ -237,7 +238,7 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
             count(autobind(ctx));
             ALLOW
         }
-        Verdict::AlreadyHeld => {
+        Verdict::OwnTuple => {
             count(Counter::Checked);
             ALLOW
         }
@@ -245,12 +246,14 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
             count(Counter::Checked);
             act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::HELD)
         }
-        Verdict::Unique {
+        Verdict::NoHolderSeen {
             tuple,
             netns,
             device,
-            indexed,
+            looked_up,
         } => {
+            // The lookup is skipped only where the claims index the namespace.
+            let indexed = !looked_up;
             // The lookup cannot see device-bound holders: a device-bound connect is fully
             // checked only where the claims index the namespace.
             let sure = indexed || device == 0;
@@ -328,7 +331,7 @@ unsafe fn decide<const CLAIMS: bool>(ctx: *mut bpf_sock_addr, hook: Hook) -> Ver
         // Re-connecting to the peer it already has changes nothing, even beside an older
         // duplicate made before the guard.
         if already_connected_to(sk, &tuple) {
-            return Verdict::AlreadyHeld;
+            return Verdict::OwnTuple;
         }
         let netns = netns_cookie(ctx);
         let device = device_after_connect(sk, &tuple);
@@ -336,22 +339,22 @@ unsafe fn decide<const CLAIMS: bool>(ctx: *mut bpf_sock_addr, hook: Hook) -> Ver
         // no holder: the lookup (a walk of every socket on the port) is needed only when a
         // claim is there. Elsewhere the lookup comes first.
         if CLAIMS && fastpath::index_complete(netns) {
-            return Verdict::Unique {
+            return Verdict::NoHolderSeen {
                 tuple,
                 netns,
                 device,
-                indexed: true,
+                looked_up: false,
             };
         }
         routes::note_namespace(netns);
         if held_by_another(ctx, &tuple) {
             Verdict::Conflict(tuple)
         } else {
-            Verdict::Unique {
+            Verdict::NoHolderSeen {
                 tuple,
                 netns,
                 device,
-                indexed: false,
+                looked_up: true,
             }
         }
     }
