@@ -92,6 +92,14 @@ pub fn attach(request: &AttachRequest) -> Result<Attached> {
             }
             current.set_settings(settings)?;
             let mut notes = Vec::new();
+            // Links someone else detached (another agent's sweep): attached again.
+            let relinked = attachment::reattach_removed(&dir, &cgroup)?;
+            if !relinked.is_empty() {
+                notes.push(format!(
+                    "re-attached the {} link(s), removed by someone else",
+                    relinked.join(", ")
+                ));
+            }
             // Sizes are fixed when the programs are loaded: say so rather than ignore them.
             if events_buffer.is_some() || max_sockets.is_some() {
                 notes.push(
