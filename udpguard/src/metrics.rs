@@ -742,8 +742,25 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_adds_its_own_families() {
-        let scrape = Scrape {
+    fn docs_metrics_md_lists_every_family_and_every_reason() {
+        let doc = include_str!("../../docs/metrics.md");
+        let mut scrape = agent_scrape();
+        scrape.samples.push(sample("/a", Mode::Enforce, &[]));
+        for f in families(&scrape) {
+            let name = match f.kind {
+                Kind::Counter => format!("`{PREFIX}_{}_total`", f.name),
+                Kind::Gauge => format!("`{PREFIX}_{}`", f.name),
+            };
+            assert!(doc.contains(&name), "docs/metrics.md does not list {name}");
+        }
+        for reason in Counter::ALL.iter().filter(|c| c.is_not_checked_reason()) {
+            let row = format!("| `{}` |", reason.name());
+            assert!(doc.contains(&row), "docs/metrics.md does not explain {row}");
+        }
+    }
+
+    fn agent_scrape() -> Scrape {
+        Scrape {
             agent: Some(AgentSnapshot {
                 heartbeat_age: Some(0.25),
                 mirrored: 2,
@@ -764,8 +781,12 @@ mod tests {
                 scan_age: Some(3.0),
             }),
             ..Scrape::default()
-        };
-        let text = render(&scrape, Format::Classic);
+        }
+    }
+
+    #[test]
+    fn the_agent_adds_its_own_families() {
+        let text = render(&agent_scrape(), Format::Classic);
         for line in [
             "udpguard_agent_heartbeat_age_seconds 0.25",
             "udpguard_reattach_total 1",
