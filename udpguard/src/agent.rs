@@ -73,7 +73,16 @@ pub fn init_logging() {
             Ok(journal) => {
                 let _ = tracing_subscriber::registry()
                     .with(filter())
-                    .with(journal.with_syslog_identifier("udpguard".into()))
+                    .with(
+                        journal
+                            .with_syslog_identifier("udpguard".into())
+                            // syslog's meanings: info is 6 (the crate's default is 5, notice).
+                            .with_priority_mappings(tracing_journald::PriorityMappings {
+                                info: tracing_journald::Priority::Informational,
+                                debug: tracing_journald::Priority::Debug,
+                                ..tracing_journald::PriorityMappings::new()
+                            }),
+                    )
                     .try_init();
                 return;
             }
