@@ -4,7 +4,9 @@
 //! `run` attaches the guard if nothing is attached to the cgroup, and then detaches it on
 //! SIGINT/SIGTERM; or it adopts the attachment already there (applying `--mode`/`--errno` if
 //! given) and leaves it attached on exit. Either way it streams the conflict events to
-//! stdout, logs to stderr, and serves `/metrics` when given `--metrics-addr`.
+//! stdout, logs to stderr (the journal under systemd), serves `/metrics` and `/healthz`
+//! (127.0.0.1:10108 unless `--metrics-addr` or `--no-metrics`), re-attaches links someone
+//! else removed, and scans every namespace for duplicates every `--scan-interval`.
 use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -269,6 +271,11 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
 
     let server = listener.map(|listener| crate::http::Server::start(listener, shutdown.clone()));
     let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
+    // Before the mirror says it runs (what supervisors and tests wait for): the agent's
+    // threads are all there by then.
+    crate::health::AGENT.set_running(true);
+    let links = keep_links(dir.clone(), cgroup.clone());
+    let scans = (!args.scan_interval.is_zero()).then(|| scan_every(args.scan_interval));
     let scope = args.watch_cgroup.as_deref().map(Cgroup::open).transpose()?;
     // Below the cgroup root the fast path needs the watch; at the root, nothing more.
     let watch = match Watch::start(Attachment::open(&dir)?, cgroup, scope.as_ref()) {
@@ -292,11 +299,8 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
             None
         }
     };
-    crate::health::AGENT.set_running(true);
-    let links = tokio::spawn(keep_links(dir.clone(), cgroup.clone(), shutdown.clone()));
-    let scans = (!args.scan_interval.is_zero()).then(|| Scans::start(args.scan_interval));
     let streamed = events::stream(&dir, args.json, shutdown).await;
-    links.abort();
+    drop(links);
     drop(scans);
     crate::health::AGENT.set_running(false);
     if let Some(mirror) = mirror {
@@ -324,26 +328,64 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
 /// How often the agent looks whether someone else removed its links.
 const LINK_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Every [`LINK_CHECK`]: re-attaches the links of the attachment in `dir` that someone else
-/// detached (another agent's sweep of programs it does not know, `bpftool link detach`),
-/// warning and counting each time, until shutdown.
-async fn keep_links(dir: PathBuf, cgroup: Cgroup, mut shutdown: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(LINK_CHECK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = ticks.tick() => {}
-        }
-        let (dir, cgroup) = (dir.clone(), cgroup.clone());
-        let checked = tokio::task::spawn_blocking(move || relink(&dir, &cgroup)).await;
-        if let Ok(Err(err)) = checked {
+/// Every [`LINK_CHECK`], on a thread of its own: re-attaches the links of the attachment in
+/// `dir` that someone else detached (another agent's sweep of programs it does not know,
+/// `bpftool link detach`), warning and counting each time.
+fn keep_links(dir: PathBuf, cgroup: Cgroup) -> Periodic {
+    Periodic::start(LINK_CHECK, LINK_CHECK, move || {
+        if let Err(err) = relink(&dir, &cgroup) {
             crate::health::AGENT.reattach_failed();
             tracing::error!(
                 "links removed by someone else, and re-attaching them failed: {err} \
                  (connects in the cgroup are not checked; `udpguard attach` or restarting the \
                  agent attaches again)"
             );
+        }
+    })
+}
+
+/// A thread that runs a job every so often until dropped.
+struct Periodic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Periodic {
+    /// Runs `job` after `first`, then every `every`.
+    fn start(
+        first: std::time::Duration,
+        every: std::time::Duration,
+        mut job: impl FnMut() + Send + 'static,
+    ) -> Periodic {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut wait = first;
+            loop {
+                let until = std::time::Instant::now() + wait;
+                while !stopped.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                job();
+                wait = every;
+            }
+        });
+        Periodic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Periodic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -377,80 +419,48 @@ fn relink(dir: &std::path::Path, cgroup: &Cgroup) -> crate::error::Result<()> {
     Ok(())
 }
 
-/// The periodic scan's thread; stops when dropped.
-struct Scans {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Scans {
-    /// Every `interval` (the first a few seconds after start, once the agent has settled),
-    /// scans every network namespace for duplicate 4-tuples (what `udpguard scan --all-netns`
-    /// reports) for the `udpguard_scan_*` metrics. On a thread of its own at a low priority
-    /// (nice 10), so that a scan of many sockets never delays the events.
-    fn start(interval: std::time::Duration) -> Scans {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
+/// Every `interval` (the first a few seconds after start, once the agent has settled), on a
+/// thread of its own at a low priority (nice 10, so a scan of many sockets never delays the
+/// events): scans every network namespace for duplicate 4-tuples (what `udpguard scan
+/// --all-netns` reports) for the `udpguard_scan_*` metrics.
+fn scan_every(interval: std::time::Duration) -> Periodic {
+    let mut last_starving = None;
+    let mut niced = false;
+    Periodic::start(FIRST_SCAN.min(interval), interval, move || {
+        if !niced {
             // SAFETY: setpriority has no preconditions; who 0 is this thread on Linux.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-            let sleep = |total: std::time::Duration| {
-                let until = std::time::Instant::now() + total;
-                while !stopped.load(Ordering::Relaxed) && std::time::Instant::now() < until {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+            niced = true;
+        }
+        match crate::scan::summary() {
+            Ok(summary) => {
+                let starving: usize = summary.per_netns.iter().map(|n| n.starving_sockets).sum();
+                let line = format!(
+                    "scan: {} connected UDP sockets in {} network namespace(s) in {:.1} ms: {} \
+                     duplicate 4-tuple(s), {starving} starving socket(s)",
+                    summary.sockets,
+                    summary.namespaces,
+                    summary.seconds * 1e3,
+                    summary
+                        .per_netns
+                        .iter()
+                        .map(|n| n.duplicate_tuples)
+                        .sum::<usize>()
+                );
+                // Said when it changes; at debug level otherwise.
+                if last_starving != Some(starving) && starving > 0 {
+                    tracing::warn!("{line} (`udpguard scan --all-netns` shows them)");
+                } else if last_starving != Some(starving) {
+                    tracing::info!("{line}");
+                } else {
+                    tracing::debug!("{line}");
                 }
-                !stopped.load(Ordering::Relaxed)
-            };
-            let mut last_starving = None;
-            let mut wait = FIRST_SCAN.min(interval);
-            while sleep(wait) {
-                wait = interval;
-                match crate::scan::summary() {
-                    Ok(summary) => {
-                        let starving: usize =
-                            summary.per_netns.iter().map(|n| n.starving_sockets).sum();
-                        let line = format!(
-                            "scan: {} connected UDP sockets in {} network namespace(s) in {:.1} \
-                             ms: {} duplicate 4-tuple(s), {starving} starving socket(s)",
-                            summary.sockets,
-                            summary.namespaces,
-                            summary.seconds * 1e3,
-                            summary
-                                .per_netns
-                                .iter()
-                                .map(|n| n.duplicate_tuples)
-                                .sum::<usize>()
-                        );
-                        // Said when it changes; at debug level otherwise.
-                        if last_starving != Some(starving) && starving > 0 {
-                            tracing::warn!("{line} (`udpguard scan --all-netns` shows them)");
-                        } else if last_starving != Some(starving) {
-                            tracing::info!("{line}");
-                        } else {
-                            tracing::debug!("{line}");
-                        }
-                        last_starving = Some(starving);
-                        crate::health::AGENT.set_scan(summary);
-                    }
-                    Err(err) => tracing::warn!("scan: {err:#}"),
-                }
+                last_starving = Some(starving);
+                crate::health::AGENT.set_scan(summary);
             }
-        });
-        Scans {
-            stop,
-            thread: Some(thread),
+            Err(err) => tracing::warn!("scan: {err:#}"),
         }
-    }
-}
-
-impl Drop for Scans {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    })
 }
 
 /// How long after start the first scan runs.
