@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "metrics_addr")]
     no_metrics: bool,
     /// seconds between the agent's scans for duplicate 4-tuples in every network namespace
-    /// (exported as udpguard_scan_* metrics); 0 turns them off [default: 60]
+    /// (exported as udpguard_scan_* metrics); 0 turns them off
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     scan_interval: u64,
     /// print events as JSON, one object per line
