@@ -26,6 +26,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# promtool (Debian's prometheus package) checks the metrics and the alert rules
+# (scripts/test-prometheus.sh). Only the tool is wanted: no recommends, and the server the
+# package ships is not started here.
+if ! command -v promtool >/dev/null; then
+  say "installing promtool (Debian's prometheus package)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
 # Rust: stable builds user space, nightly + rust-src builds the eBPF object.
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! rustup toolchain list | grep -q '^nightly'; then

@@ -4,7 +4,9 @@
 //! `run` attaches the guard if nothing is attached to the cgroup, and then detaches it on
 //! SIGINT/SIGTERM; or it adopts the attachment already there (applying `--mode`/`--errno` if
 //! given) and leaves it attached on exit. Either way it streams the conflict events to
-//! stdout, logs to stderr, and serves `/metrics` when given `--metrics-addr`.
+//! stdout, logs to stderr (the journal under systemd), serves `/metrics` and `/healthz`
+//! (127.0.0.1:10108 unless `--metrics-addr` or `--no-metrics`), re-attaches links someone
+//! else removed, and scans every namespace for duplicates every `--scan-interval`.
 use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -30,29 +32,113 @@ use crate::{
 pub struct RunOptions {
     /// What to attach (or adopt), as `attach` takes it.
     pub attach: AttachRequest,
-    /// Serve `/metrics` and `/healthz` here.
-    pub metrics_addr: Option<String>,
+    /// Where to serve `/metrics` and `/healthz`.
+    pub metrics: Metrics,
+    /// How often to scan every namespace for duplicate 4-tuples (zero: never).
+    pub scan_interval: std::time::Duration,
     /// Events as JSON lines.
     pub json: bool,
     /// The cgroup the watch goes on, for the fast path below the cgroup root.
     pub watch_cgroup: Option<PathBuf>,
 }
 
-/// Sends logs to stderr; `RUST_LOG` filters them (default `info`). Under systemd (which sets
-/// `JOURNAL_STREAM`) the journal stamps lines itself, so they carry no time.
+/// Where the agent serves `/metrics` and `/healthz`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Metrics {
+    /// [`DEFAULT_METRICS_ADDR`]; when it is taken, the agent runs without metrics (warned).
+    #[default]
+    Default,
+    /// This address, or the agent does not start.
+    At(String),
+    /// Nowhere.
+    Off,
+}
+
+/// Where `udpguard run` serves metrics unless told otherwise: outside Prometheus' allocated
+/// exporter range (9100-9999), and no port in `/etc/services`.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10108";
+
+/// Sends logs to stderr; `RUST_LOG` filters them (default `info`).
+///
+/// Under systemd (stderr is the journal stream that `JOURNAL_STREAM` names) they go to the
+/// journal itself, each with its priority (`journalctl -p warning` shows the warnings, such as
+/// lost events) and no time of their own. Elsewhere they are coloured only on a terminal, and
+/// never when `NO_COLOR` is set (<https://no-color.org>).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
-    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
-        logs.without_time().try_init()
-    } else {
-        logs.try_init()
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
+    if stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let _ = tracing_subscriber::registry()
+                    .with(filter())
+                    .with(
+                        journal
+                            .with_syslog_identifier("udpguard".into())
+                            // syslog's meanings: info is 6 (the crate's default is 5, notice).
+                            .with_priority_mappings(tracing_journald::PriorityMappings {
+                                info: tracing_journald::Priority::Informational,
+                                debug: tracing_journald::Priority::Debug,
+                                ..tracing_journald::PriorityMappings::new()
+                            }),
+                    )
+                    .try_init();
+                return;
+            }
+            // No journal socket to write to: plain lines on stderr, as below.
+            Err(_) => {
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(filter())
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false)
+                    .with_target(false)
+                    .without_time()
+                    .try_init();
+                return;
+            }
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
+        .with_target(false)
+        .try_init();
+}
+
+/// Whether to colour: on a terminal, unless `NO_COLOR` is set to anything but "".
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// True when stderr is the stream systemd connected to the journal: `JOURNAL_STREAM` holds its
+/// `device:inode` (a child that inherited the variable but not the stream gets false).
+fn stderr_is_journal() -> bool {
+    names_stderr(std::env::var_os("JOURNAL_STREAM").as_deref())
+}
+
+/// Whether `stream` (`device:inode`) is this process's stderr.
+fn names_stderr(stream: Option<&std::ffi::OsStr>) -> bool {
+    use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
+    let Some(stream) = stream else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// `udpguard run`.
@@ -132,13 +218,28 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
     // Signals first, so a SIGTERM during the attach is not lost; the listener before the
     // attach, so a bad address changes nothing.
     let shutdown = on_signal()?;
-    let listener = match &args.metrics_addr {
-        Some(addr) => Some(
+    let listener = match &args.metrics {
+        Metrics::At(addr) => Some(
             tokio::net::TcpListener::bind(addr.as_str())
                 .await
-                .with_context(|| format!("cannot listen on {addr} for /metrics"))?,
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {addr} for /metrics: pass another --metrics-addr, \
+                         or --no-metrics"
+                    )
+                })?,
         ),
-        None => None,
+        Metrics::Default => match tokio::net::TcpListener::bind(DEFAULT_METRICS_ADDR).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::warn!(
+                    "serving no metrics: cannot listen on {DEFAULT_METRICS_ADDR} ({err}); pass \
+                     --metrics-addr HOST:PORT for another address, or --no-metrics"
+                );
+                None
+            }
+        },
+        Metrics::Off => None,
     };
 
     let attached = guard::attach(&args.attach)?;
@@ -170,6 +271,11 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
 
     let server = listener.map(|listener| crate::http::Server::start(listener, shutdown.clone()));
     let dir = bpffs::pin_root().join(attachment::dir_name(cgroup.id));
+    // Before the mirror says it runs (what supervisors and tests wait for): the agent's
+    // threads are all there by then.
+    crate::health::AGENT.set_running(true);
+    let links = keep_links(dir.clone(), cgroup.clone());
+    let scans = (!args.scan_interval.is_zero()).then(|| scan_every(args.scan_interval));
     let scope = args.watch_cgroup.as_deref().map(Cgroup::open).transpose()?;
     // Below the cgroup root the fast path needs the watch; at the root, nothing more.
     let watch = match Watch::start(Attachment::open(&dir)?, cgroup, scope.as_ref()) {
@@ -194,6 +300,9 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
         }
     };
     let streamed = events::stream(&dir, args.json, shutdown).await;
+    drop(links);
+    drop(scans);
+    crate::health::AGENT.set_running(false);
     if let Some(mirror) = mirror {
         mirror.stop();
     }
@@ -214,4 +323,169 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
         tracing::info!("left the attachment to {path} in place");
     }
     streamed
+}
+
+/// How often the agent looks whether someone else removed its links.
+const LINK_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every [`LINK_CHECK`], on a thread of its own: re-attaches the links of the attachment in
+/// `dir` that someone else detached (another agent's sweep of programs it does not know,
+/// `bpftool link detach`), warning and counting each time.
+fn keep_links(dir: PathBuf, cgroup: Cgroup) -> Periodic {
+    Periodic::start(LINK_CHECK, LINK_CHECK, move || {
+        if let Err(err) = relink(&dir, &cgroup) {
+            crate::health::AGENT.reattach_failed();
+            tracing::error!(
+                "links removed by someone else, and re-attaching them failed: {err} \
+                 (connects in the cgroup are not checked; `udpguard attach` or restarting the \
+                 agent attaches again)"
+            );
+        }
+    })
+}
+
+/// A thread that runs a job every so often until dropped.
+struct Periodic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Periodic {
+    /// Runs `job` after `first`, then every `every`.
+    fn start(
+        first: std::time::Duration,
+        every: std::time::Duration,
+        mut job: impl FnMut() + Send + 'static,
+    ) -> Periodic {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut wait = first;
+            loop {
+                let until = std::time::Instant::now() + wait;
+                while !stopped.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                job();
+                wait = every;
+            }
+        });
+        Periodic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Periodic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One look at the links; re-attaches what was removed.
+fn relink(dir: &std::path::Path, cgroup: &Cgroup) -> crate::error::Result<()> {
+    let removed: Vec<&str> = attachment::link_states(dir)
+        .into_iter()
+        .filter(|&(_, state)| state == attachment::LinkState::Removed)
+        .map(|(pin, _)| pin)
+        .collect();
+    if removed.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        "links removed by someone else: {} of {} (another agent's sweep, or `bpftool link \
+         detach`?): re-attaching",
+        removed.join(", "),
+        cgroup.path.display()
+    );
+    let _lock = bpffs::PinLock::acquire(&bpffs::pin_root())?;
+    let done = attachment::reattach_removed(dir, cgroup)?;
+    crate::health::AGENT.reattached(done.len() as u64);
+    if !done.is_empty() {
+        tracing::warn!(
+            "re-attached {} to {}",
+            done.join(", "),
+            cgroup.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every `interval` (the first a few seconds after start, once the agent has settled), on a
+/// thread of its own at a low priority (nice 10, so a scan of many sockets never delays the
+/// events): scans every network namespace for duplicate 4-tuples (what `udpguard scan
+/// --all-netns` reports) for the `udpguard_scan_*` metrics.
+fn scan_every(interval: std::time::Duration) -> Periodic {
+    let mut last_starving = None;
+    let mut niced = false;
+    Periodic::start(FIRST_SCAN.min(interval), interval, move || {
+        if !niced {
+            // SAFETY: setpriority has no preconditions; who 0 is this thread on Linux.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            niced = true;
+        }
+        match crate::scan::summary() {
+            Ok(summary) => {
+                let starving: usize = summary.per_netns.iter().map(|n| n.starving_sockets).sum();
+                let line = format!(
+                    "scan: {} connected UDP sockets in {} network namespace(s) in {:.1} ms: {} \
+                     duplicate 4-tuple(s), {starving} starving socket(s)",
+                    summary.sockets,
+                    summary.namespaces,
+                    summary.seconds * 1e3,
+                    summary
+                        .per_netns
+                        .iter()
+                        .map(|n| n.duplicate_tuples)
+                        .sum::<usize>()
+                );
+                // Said when it changes; at debug level otherwise.
+                if last_starving != Some(starving) && starving > 0 {
+                    tracing::warn!("{line} (`udpguard scan --all-netns` shows them)");
+                } else if last_starving != Some(starving) {
+                    tracing::info!("{line}");
+                } else {
+                    tracing::debug!("{line}");
+                }
+                last_starving = Some(starving);
+                crate::health::AGENT.set_scan(summary);
+            }
+            Err(err) => tracing::warn!("scan: {err:#}"),
+        }
+    })
+}
+
+/// How long after start the first scan runs.
+const FIRST_SCAN: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_on_a_terminal_and_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some(OsStr::new(""))));
+        assert!(!super::colour(true, Some(OsStr::new("1"))));
+        assert!(!super::colour(false, None));
+    }
+
+    #[test]
+    fn only_the_stream_that_is_stderr_is_taken_for_the_journal() {
+        use std::os::{fd::AsFd as _, unix::fs::MetadataExt as _};
+        let fd = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
+        let meta = std::fs::File::from(fd).metadata().unwrap();
+        let ours = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(super::names_stderr(Some(ours.as_ref())));
+        assert!(!super::names_stderr(Some("1:2".as_ref())));
+        assert!(!super::names_stderr(Some("junk".as_ref())));
+        assert!(!super::names_stderr(None));
+    }
 }

@@ -229,6 +229,68 @@ pub fn attached_links(dir: &Path) -> usize {
         .count()
 }
 
+/// Where one of an attachment's links stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// Pinned and attached to its cgroup.
+    Attached,
+    /// Pinned, but detached by someone else (`bpftool link detach`, another agent's sweep):
+    /// its program no longer runs.
+    Removed,
+    /// No pin (or one that cannot be opened).
+    Missing,
+}
+
+/// The state of each of the guard's links in `dir` (connect4 and connect6 always; create and
+/// release when pinned: they exist only with claims).
+pub fn link_states(dir: &Path) -> Vec<(&'static str, LinkState)> {
+    link_pins::ALL
+        .into_iter()
+        .filter_map(|pin| {
+            let state = match bpf::obj_get(&dir.join(pin)) {
+                Err(_) => LinkState::Missing,
+                Ok(link) => match bpf::link_info(&link) {
+                    Ok(info) if info.cgroup_id == 0 => LinkState::Removed,
+                    Ok(_) => LinkState::Attached,
+                    Err(_) => LinkState::Missing,
+                },
+            };
+            let always = pin == link_pins::CONNECT4 || pin == link_pins::CONNECT6;
+            (always || state != LinkState::Missing).then_some((pin, state))
+        })
+        .collect()
+}
+
+/// Re-attaches every link in `dir` that someone else detached: a new link of the same program
+/// to `cgroup`, pinned in place of the old one. Returns the pins re-attached. Call with the
+/// lock held.
+pub fn reattach_removed(dir: &Path, cgroup: &Cgroup) -> Result<Vec<&'static str>> {
+    let mut done = Vec::new();
+    for (pin, state) in link_states(dir) {
+        if state != LinkState::Removed {
+            continue;
+        }
+        let path = dir.join(pin);
+        let what = |doing: &str| format!("{doing} the {pin} link in {}", dir.display());
+        let old = bpf::obj_get(&path).map_err(io(what("opening")))?;
+        let info = bpf::link_info(&old).map_err(io(what("reading")))?;
+        let program =
+            bpf::prog_get_fd_by_id(info.prog_id).map_err(io(what("opening the program of")))?;
+        let target = fs::File::open(&cgroup.path)
+            .map_err(io(format!("opening {}", cgroup.path.display())))?;
+        let link = bpf::link_create(&program, &target, info.attach_type)
+            .map_err(io(what("re-attaching")))?;
+        // Pinned beside the old pin, then renamed over it: the pin is never missing.
+        let fresh = dir.join(format!("{pin}-reattached"));
+        let _ = fs::remove_file(&fresh);
+        bpf::obj_pin(&link, &fresh).map_err(io(what("pinning")))?;
+        fs::rename(&fresh, &path).map_err(io(what("replacing the pin of")))?;
+        done.push(pin);
+    }
+    Ok(done)
+}
+
 /// Takes an attachment down as one is built: renamed out of its place first (so no reader sees
 /// half of it, and a detach killed midway leaves a `retiring-` directory that `status` shows),
 /// then its links detached and its pins removed. Call with the lock held.

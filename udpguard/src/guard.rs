@@ -163,6 +163,15 @@ pub fn attach(request: &AttachRequest) -> Result<Attached> {
                 unreachable!("an update plan is made only for a readable attachment")
             };
             current.set_settings(settings)?;
+            let mut notes = notes;
+            // Links someone else detached (another agent's sweep): attached again.
+            let relinked = attachment::reattach_removed(&dir, &cgroup)?;
+            if !relinked.is_empty() {
+                notes.push(format!(
+                    "re-attached the {} link(s), removed by someone else",
+                    relinked.join(", ")
+                ));
+            }
             Ok(Attached {
                 cgroup,
                 outcome: AttachOutcome::Updated,

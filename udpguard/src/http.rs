@@ -1,6 +1,6 @@
 //! The agent's HTTP endpoint: `GET /metrics` (the Prometheus exposition, read from the pinned
-//! counters at each scrape) and `GET /healthz`. Written on hyper directly rather than a web
-//! framework, for the limits an exporter facing a network needs and a framework's `serve`
+//! counters at each scrape; the classic text unless the `Accept` header asks for OpenMetrics)
+//! and `GET /healthz`. Written on hyper directly rather than a web framework, for the limits an exporter facing a network needs and a framework's `serve`
 //! does not expose: a header-read timeout and a deadline per connection (so half-open
 //! connections cannot pile up), no keep-alive, and a cap on connections at once beyond which
 //! new ones are closed at once.
@@ -79,7 +79,13 @@ impl Server {
 /// One request.
 async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => scrape().await,
+        (&Method::GET, "/metrics") => {
+            let accept = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            scrape(metrics::Format::negotiate(accept)).await
+        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, _) => text(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
         _ => text(
@@ -91,18 +97,19 @@ async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     Ok(response)
 }
 
-/// Reads the pinned counters now (on a blocking thread: they are syscalls and a cgroup walk).
-async fn scrape() -> Response<Full<Bytes>> {
-    let rendered = tokio::task::spawn_blocking(|| {
+/// Reads the pinned counters now (on a blocking thread: they are syscalls and a cgroup walk),
+/// in the format the scraper asked for.
+async fn scrape(format: metrics::Format) -> Response<Full<Bytes>> {
+    let rendered = tokio::task::spawn_blocking(move || {
         let scrape = metrics::scrape();
         for problem in &scrape.unreadable {
             tracing::warn!("{problem}");
         }
-        metrics::render(&scrape.samples)
+        metrics::render(&scrape, format)
     })
     .await;
     match rendered {
-        Ok(body) => text(StatusCode::OK, metrics::CONTENT_TYPE, body),
+        Ok(body) => text(StatusCode::OK, format.content_type(), body),
         Err(err) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "text/plain",

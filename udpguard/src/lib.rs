@@ -20,6 +20,7 @@ pub mod events;
 pub mod fastpath;
 pub mod faults;
 pub mod guard;
+pub mod health;
 pub mod http;
 pub mod loader;
 pub mod metrics;

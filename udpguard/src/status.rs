@@ -8,7 +8,7 @@ use udpguard_common::Counter;
 pub use crate::attachment::DirKind as State;
 
 use crate::{
-    attachment::{self, Attachment, DirKind},
+    attachment::{self, Attachment, DirKind, LinkState},
     bpffs, cgroup,
 };
 
@@ -52,6 +52,9 @@ pub struct AttachmentStatus {
     pub degraded: Vec<&'static str>,
     /// Network namespaces where the O(1) no-conflict path is on (`udpguard run` turns it on).
     pub fast_path_namespaces: Option<usize>,
+    /// Each link pin and whether it is "attached", "removed" (by someone else: its program
+    /// no longer runs) or "missing".
+    pub links: BTreeMap<&'static str, LinkState>,
     /// Why the pins could not be read, if they could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -149,8 +152,12 @@ fn describe(
         tables: None,
         degraded: Vec::new(),
         fast_path_namespaces: None,
+        links: BTreeMap::new(),
         error: None,
     };
+    status.links = attachment::link_states(&status.pin_dir)
+        .into_iter()
+        .collect();
     let read = Attachment::open(&status.pin_dir).and_then(|a| {
         let settings = a.settings()?;
         let counters = a.counters()?;
@@ -198,5 +205,15 @@ impl AttachmentStatus {
             && self.matches_binary
             && self.programs.connect4.is_some()
             && self.programs.connect6.is_some()
+            && self.links.values().all(|&s| s == LinkState::Attached)
+    }
+
+    /// The links someone else removed (pinned, but no longer attached to the cgroup).
+    pub fn links_removed(&self) -> Vec<&'static str> {
+        self.links
+            .iter()
+            .filter(|&(_, &s)| s == LinkState::Removed)
+            .map(|(&pin, _)| pin)
+            .collect()
     }
 }

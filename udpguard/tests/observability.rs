@@ -199,29 +199,35 @@ fn cgroup_of(sb: &Sandbox) -> String {
     sb.cgroup.canonicalize().unwrap().display().to_string()
 }
 
-/// Fetches `url` and parses it with the Python Prometheus client's OpenMetrics parser (the
-/// format the Content-Type names) and its classic text parser; returns the content type and
-/// `[name, labels, value, family type]` per sample from the OpenMetrics parser.
+/// Fetches `url` (asking for `accept`, when given) and parses it with the Python Prometheus
+/// client: its OpenMetrics parser when the text ends with `# EOF`, its classic text parser
+/// otherwise. Returns the content type, which parser read it, and `[name, labels, value,
+/// family type]` per sample.
 const SCRAPE_PY: &str = r#"
 import json, sys, urllib.request
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
 from prometheus_client.parser import text_string_to_metric_families as classic
-source = sys.argv[1]
+source, accept = sys.argv[1], sys.argv[2]
 if source.startswith("http"):
-    with urllib.request.urlopen(source, timeout=20) as r:
+    request = urllib.request.Request(source, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=20) as r:
         content_type, body = r.headers["Content-Type"], r.read().decode()
 else:
     content_type, body = None, sys.stdin.read()
-samples = [[s.name, s.labels, s.value, f.type] for f in openmetrics(body) for s in f.samples]
-classic_values = sorted([s.name, sorted(s.labels.items()), s.value] for f in classic(body) for s in f.samples)
-assert classic_values == sorted([n, sorted(l.items()), v] for n, l, v, _ in samples), "parsers disagree"
-print(json.dumps({"content_type": content_type, "samples": samples}))
+om = body.endswith('# EOF\n')
+samples = [[s.name, s.labels, s.value, f.type] for f in (openmetrics if om else classic)(body) for s in f.samples]
+print(json.dumps({"content_type": content_type, "openmetrics": om, "samples": samples}))
 "#;
 
 /// What the Python parsers make of an exposition, from a URL or (`text`) given directly.
 fn parse_exposition(source: &str, text: Option<&str>) -> Value {
+    parse_exposition_as(source, text, "")
+}
+
+/// [`parse_exposition`], asking for `accept` (a URL's `Accept` header).
+fn parse_exposition_as(source: &str, text: Option<&str>, accept: &str) -> Value {
     let mut child = Command::new("python3")
-        .args(["-c", SCRAPE_PY, source])
+        .args(["-c", SCRAPE_PY, source, accept])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -239,6 +245,23 @@ fn parse_exposition(source: &str, text: Option<&str>) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The samples of a parse, as `[name, labels, value]` sorted (what both formats must agree on).
+fn values(parsed: &Value) -> Vec<String> {
+    let mut all: Vec<String> = parsed["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        // What changes by itself between two scrapes: ages, and the periodic scan.
+        .filter(|s| {
+            let name = s[0].as_str().unwrap();
+            !name.contains("_age_seconds") && !name.starts_with("udpguard_scan_")
+        })
+        .map(|s| format!("{} {} {}", s[0], s[1], s[2]))
+        .collect();
+    all.sort();
+    all
 }
 
 /// The value of the sample `name` with `labels` (a subset) among parsed samples.
@@ -276,14 +299,24 @@ fn a_refused_connect_is_reported_with_its_caller_tuple_and_holder() {
         time.len() == 27 && time.ends_with('Z') && &time[10..11] == "T",
         "RFC 3339 in UTC: {time}"
     );
+    // The sandbox's network namespace, as the kernel's cookie (SO_NETNS_COOKIE, 71).
+    let netns = sb.py(r#"
+        import struct
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        out(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 71, 8))[0])
+        "#);
+    let netns: u64 = netns[0].parse().unwrap();
     assert_eq!(
         event,
         json!({
+            "type": "conflict",
             "time": time,
             "action": "rejected",
             "errno": "EPERM",
             "pid": pid,
             "comm": "python3",
+            "uid": 0,
+            "netns_cookie": netns,
             "cgroup": cgroup_of(&sb),
             "family": "ipv4",
             "local": "127.0.0.1:4444",
@@ -423,8 +456,23 @@ fn run_attaches_streams_serves_metrics_over_http_and_detaches_on_sigterm() {
     let labels = json!({"cgroup": cgroup_of(&sb)});
     let before = parse_exposition(&url, None);
     assert_eq!(
-        before["content_type"],
+        before["content_type"], "text/plain; version=0.0.4; charset=utf-8",
+        "classic text unless OpenMetrics is asked for"
+    );
+    let openmetrics = parse_exposition_as(
+        &url,
+        None,
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3",
+    );
+    assert_eq!(
+        openmetrics["content_type"],
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert_eq!(openmetrics["openmetrics"], true);
+    assert_eq!(
+        values(&openmetrics),
+        values(&before),
+        "both formats carry the same samples"
     );
     let holder = hold(&sb, 4, ("127.0.0.1", 4444), ("127.0.0.1", 1111));
     let (pid, got) = caller(&sb, r#"b = udp(bind=("127.0.0.1", 4444)); out(conn(b, P))"#);
@@ -467,7 +515,19 @@ fn run_adopts_an_existing_attachment_applies_its_mode_and_leaves_it() {
     sb.attach(&[]);
     let programs = sb.status()["attachments"][0]["programs"].clone();
     let cgroup = sb.cgroup.to_str().unwrap();
-    let mut run = udpguard(&sb, &["run", "--cgroup", cgroup, "--mode", "audit"]);
+    let mut run = udpguard(
+        &sb,
+        &[
+            "run",
+            "--cgroup",
+            cgroup,
+            "--mode",
+            "audit",
+            "--no-metrics",
+            "--scan-interval",
+            "0",
+        ],
+    );
     run.log_containing("adopted the attachment");
     let status = sb.status();
     assert_eq!(status["attachments"][0]["mode"], "audit");
@@ -494,7 +554,17 @@ fn run_adopts_an_existing_attachment_applies_its_mode_and_leaves_it() {
 fn run_stops_on_sigint_too() {
     let sb = Sandbox::new("sigint");
     let cgroup = sb.cgroup.to_str().unwrap();
-    let mut run = udpguard(&sb, &["run", "--cgroup", cgroup]);
+    let mut run = udpguard(
+        &sb,
+        &[
+            "run",
+            "--cgroup",
+            cgroup,
+            "--no-metrics",
+            "--scan-interval",
+            "0",
+        ],
+    );
     run.log_containing("attached to");
     assert_eq!(run.stop_with(libc::SIGINT), 0, "{}", run.seen.join("\n"));
     assert_eq!(sb.status()["attachments"], json!([]));
@@ -576,11 +646,14 @@ fn the_metrics_verb_prints_the_pinned_counters_for_a_prometheus_parser() {
         .map(|s| (s[0].as_str().unwrap(), s[3].as_str().unwrap()))
         .collect();
     assert!(
-        types.iter().all(
-            |(name, kind)| (name.ends_with("_total") && *kind == "counter")
-                || (*name == "udpguard_attached" && *kind == "gauge")
-        ),
-        "{types:?}"
+        types
+            .iter()
+            .all(|(name, kind)| if name.ends_with("_total") {
+                *kind == "counter"
+            } else {
+                *kind == "gauge"
+            }),
+        "the classic parser reads counters as counters, the rest as gauges: {types:?}"
     );
 }
 
@@ -637,7 +710,12 @@ fn events_without_an_attachment_says_how_to_attach_and_changes_nothing() {
     );
     assert!(!sb.pin_root.exists(), "events creates nothing");
     let metrics = sb.udpguard_ok(&["metrics"]);
-    assert!(metrics.lines().all(|l| l.starts_with('#')), "{metrics}");
+    assert!(
+        metrics.lines().all(|l| l.starts_with('#')
+            || l.starts_with("udpguard_build_info{")
+            || l.starts_with("udpguard_attachments_")),
+        "no attachment's samples: {metrics}"
+    );
     assert!(!sb.pin_root.exists(), "metrics creates nothing");
 }
 
@@ -649,7 +727,18 @@ fn several_readers_each_get_every_event_of_a_flood_and_after_it() {
     let cgroup = sb.cgroup.to_str().unwrap();
     let mut readers: Vec<Running> = (0..2)
         .map(|_| udpguard(&sb, &["events", "--cgroup", cgroup, "--json"]))
-        .chain([udpguard(&sb, &["run", "--cgroup", cgroup, "--json"])])
+        .chain([udpguard(
+            &sb,
+            &[
+                "run",
+                "--cgroup",
+                cgroup,
+                "--json",
+                "--no-metrics",
+                "--scan-interval",
+                "0",
+            ],
+        )])
         .collect();
     for reader in &mut readers {
         reader.log_containing("reading the events");
@@ -780,7 +869,7 @@ fn slow_http_clients_cannot_exhaust_the_agent() {
         scraped["content_type"]
             .as_str()
             .unwrap()
-            .contains("openmetrics")
+            .contains("version=0.0.4")
     );
     assert_eq!(run.stop_with(libc::SIGTERM), 0);
 }

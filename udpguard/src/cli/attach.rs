@@ -49,11 +49,52 @@ impl AttachArgs {
     }
 }
 
-pub fn run(args: &AttachArgs) -> ExitCode {
-    let attached = match guard::attach(&args.request()) {
+/// `attach` alone: what `run` does not take.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// print one JSON object: {"outcome", "cgroup", "cgroup_id", "mode", "errno", "autobind",
+    /// "tables" ({"claims", "records", "memory_bytes"} or null), "notes"}
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &Args) -> ExitCode {
+    let attached = match guard::attach(&args.attach.request()) {
         Ok(attached) => attached,
         Err(err) => return failed(err),
     };
+    let notes: Vec<String> = attached
+        .features
+        .missing()
+        .into_iter()
+        .map(String::from)
+        .chain(attached.notes.iter().cloned())
+        .collect();
+    if args.json {
+        let outcome = match attached.outcome {
+            AttachOutcome::Attached => "attached",
+            AttachOutcome::Updated => "updated",
+            AttachOutcome::Replaced => "replaced",
+        };
+        let document = serde_json::json!({
+            "outcome": outcome,
+            "cgroup": attached.cgroup.path,
+            "cgroup_id": attached.cgroup.id,
+            "mode": attached.settings.mode.name(),
+            "errno": attached.settings.errno.name(),
+            "autobind": attached.settings.autobind.name(),
+            "tables": attached.sizes.map(|sizes| serde_json::json!({
+                "claims": sizes.claim_ways(),
+                "records": sizes.records,
+                "memory_bytes": sizes.bytes(),
+            })),
+            "notes": notes,
+        });
+        println!("{document}");
+        return ExitCode::SUCCESS;
+    }
     let what = match attached.outcome {
         AttachOutcome::Attached => "attached to",
         AttachOutcome::Updated => "updated on",
@@ -72,10 +113,7 @@ pub fn run(args: &AttachArgs) -> ExitCode {
             tables::human_bytes(sizes.bytes())
         );
     }
-    for note in attached.features.missing() {
-        println!("  note: {note}");
-    }
-    for note in &attached.notes {
+    for note in &notes {
         println!("  note: {note}");
     }
     ExitCode::SUCCESS

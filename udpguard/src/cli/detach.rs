@@ -13,11 +13,19 @@ pub struct Args {
     /// detach every attachment
     #[arg(long)]
     all: bool,
+    /// print one JSON object: {"cgroup", "detached" (whether an attachment was there),
+    /// "leftovers_removed"}, or with --all {"removed": [pin directories]}
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: &Args) -> ExitCode {
     if args.all {
         return match guard::detach_all() {
+            Ok(removed) if args.json => {
+                println!("{}", serde_json::json!({ "removed": removed }));
+                ExitCode::SUCCESS
+            }
             Ok(removed) => {
                 if removed.is_empty() {
                     println!("nothing was attached");
@@ -31,6 +39,15 @@ pub fn run(args: &Args) -> ExitCode {
         };
     }
     match guard::detach(args.cgroup.as_deref()) {
+        Ok(detached) if args.json => {
+            let document = serde_json::json!({
+                "cgroup": detached.cgroup.path,
+                "detached": detached.attached,
+                "leftovers_removed": detached.leftovers,
+            });
+            println!("{document}");
+            ExitCode::SUCCESS
+        }
         Ok(detached) => {
             let path = detached.cgroup.path.display();
             if detached.attached {

@@ -1,14 +1,21 @@
 //! `udpguard metrics`: the Prometheus exposition once, from the pinned counters.
 use std::process::ExitCode;
 
-use udpguard::{metrics, privilege};
+use udpguard::{
+    metrics::{self, Format},
+    privilege,
+};
 
 use super::failed;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// print OpenMetrics 1.0 text instead of the classic Prometheus text format (0.0.4)
+    #[arg(long)]
+    openmetrics: bool,
+}
 
-pub fn run(_: &Args) -> ExitCode {
+pub fn run(args: &Args) -> ExitCode {
     if let Err(err) = privilege::require("read the counters") {
         return failed(err);
     }
@@ -16,6 +23,11 @@ pub fn run(_: &Args) -> ExitCode {
     for problem in &scrape.unreadable {
         eprintln!("udpguard: {problem}");
     }
-    print!("{}", metrics::render(&scrape.samples));
+    let format = if args.openmetrics {
+        Format::OpenMetrics
+    } else {
+        Format::Classic
+    };
+    print!("{}", metrics::render(&scrape, format));
     ExitCode::SUCCESS
 }

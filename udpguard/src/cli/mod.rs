@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Attach the guard to a cgroup (again: apply mode/errno in place). It stays after exit.
-    Attach(attach::AttachArgs),
+    Attach(attach::Args),
     /// Detach the guard and remove its pins.
     Detach(detach::Args),
     /// List attachments: cgroup, mode, errno, programs, counters.

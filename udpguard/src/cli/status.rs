@@ -3,8 +3,8 @@
 //!
 //! Exit status, for probes: 0 when something is attached and every attachment is whole and
 //! enforcing (this build's programs, attached); 1 when nothing is attached; 3 when an
-//! attachment is not (left by an interrupted run, unreadable, its programs gone, or another
-//! build's); 2 when status cannot tell (a pin root that is not udpguard's).
+//! attachment is not (left by an interrupted run, unreadable, its programs gone, its links
+//! removed by someone else, or another build's); 2 when status cannot tell (a pin root that is not udpguard's).
 use std::{fmt::Write as _, process::ExitCode};
 
 use udpguard::{
@@ -94,6 +94,16 @@ fn text(status: &Status) -> String {
                 "from another udpguard build (run attach to replace)"
             }
         );
+        let removed = a.links_removed();
+        if !removed.is_empty() {
+            let _ = writeln!(
+                out,
+                "  LINKS REMOVED BY SOMEONE ELSE: {} (pinned but detached from the cgroup: \
+                 those programs do not run); a running agent re-attaches them within seconds, \
+                 or `udpguard attach --cgroup {cgroup}` does",
+                removed.join(", ")
+            );
+        }
         let count = |c: Counter| a.counters.get(c.name()).copied().unwrap_or(0);
         let _ = writeln!(
             out,

@@ -2,13 +2,15 @@
 //! (`--json`) one JSON object per line.
 use std::path::Path;
 
-use super::record::{Action, ConflictFields, EventRecord, SummaryRecord};
+use super::record::{Action, ConflictFields, EventRecord, LostRecord, SummaryRecord};
 
 /// One line of the event stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Line {
     Event(EventRecord),
     Summary(SummaryRecord),
+    /// Printed in JSON only (for people, a warning on stderr says it).
+    Lost(LostRecord),
 }
 
 impl Line {
@@ -19,6 +21,10 @@ impl Line {
             (Line::Summary(s), false) => human_summary(s),
             (Line::Event(e), true) => serde_json::to_string(e).expect("an event serializes"),
             (Line::Summary(s), true) => serde_json::to_string(s).expect("a summary serializes"),
+            (Line::Lost(l), false) => {
+                format!("{} {} conflict events lost ({})", l.time, l.lost, l.by)
+            }
+            (Line::Lost(l), true) => serde_json::to_string(l).expect("a lost line serializes"),
         }
     }
 }
@@ -92,6 +98,8 @@ mod tests {
             errno: Some("EPERM".into()),
             pid: 4321,
             comm: "python3".into(),
+            uid: 1000,
+            netns_cookie: 4097,
             cgroup: Some(PathBuf::from("/sys/fs/cgroup/app")),
             family: IpFamily::Ipv4,
             local: "127.0.0.1:4444".into(),
@@ -101,6 +109,7 @@ mod tests {
 
     fn event() -> EventRecord {
         EventRecord {
+            kind: "conflict",
             time: "2026-11-25T19:56:12.123456Z".into(),
             conflict: fields(),
             holder: Some(Holder {
@@ -162,11 +171,14 @@ mod tests {
         assert_eq!(
             value,
             json!({
+                "type": "conflict",
                 "time": "2026-11-25T19:56:12.123456Z",
                 "action": "rejected",
                 "errno": "EPERM",
                 "pid": 4321,
                 "comm": "python3",
+                "uid": 1000,
+                "netns_cookie": 4097,
                 "cgroup": "/sys/fs/cgroup/app",
                 "family": "ipv4",
                 "local": "127.0.0.1:4444",
@@ -192,6 +204,7 @@ mod tests {
 
     fn summary() -> SummaryRecord {
         SummaryRecord {
+            kind: "flood_summary",
             time: "2026-11-25T19:56:13.000000Z".into(),
             suppressed: 37,
             seconds: 1,
@@ -212,6 +225,8 @@ mod tests {
     fn a_summary_as_json_counts_what_was_not_shown() {
         let value: serde_json::Value =
             serde_json::from_str(&Line::Summary(summary()).render(true)).unwrap();
+        assert_eq!(value["type"], "flood_summary");
+        assert_eq!(value["netns_cookie"], 4097);
         assert_eq!(value["suppressed"], 37);
         assert_eq!(value["seconds"], 1);
         assert_eq!(value["local"], "127.0.0.1:4444");

@@ -48,6 +48,8 @@ pub struct Conflict {
     pub comm: String,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
+    /// The caller's uid (as the host's user namespace numbers it).
+    pub uid: u32,
     pub family: IpFamily,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -93,6 +95,7 @@ impl Conflict {
             comm: String::from_utf8_lossy(&event.comm[..comm_len]).into_owned(),
             cgroup_id: event.cgroup_id,
             netns_cookie: event.netns_cookie,
+            uid: event.uid_gid as u32,
             family,
             local: address(event.local_addr, event.local_port),
             remote: address(event.peer_addr, event.peer_port),
@@ -120,6 +123,12 @@ pub struct ConflictFields {
     /// The caller.
     pub pid: u32,
     pub comm: String,
+    /// The caller's uid (its owner's, for the socket it connects).
+    pub uid: u32,
+    /// The cookie of the network namespace the connect ran in (what tells the same tuple in
+    /// two containers apart); the kernel's `bpf_get_netns_cookie`, also `ss -e`'s and the
+    /// route mirror's key.
+    pub netns_cookie: u64,
     /// The caller's cgroup; `null` when it no longer exists.
     pub cgroup: Option<PathBuf>,
     pub family: IpFamily,
@@ -135,6 +144,8 @@ impl ConflictFields {
             errno: conflict.errno_name(),
             pid: conflict.pid,
             comm: conflict.comm.clone(),
+            uid: conflict.uid,
+            netns_cookie: conflict.netns_cookie,
             cgroup,
             family: conflict.family,
             local: conflict.local.to_string(),
@@ -146,6 +157,9 @@ impl ConflictFields {
 /// One event as `events` prints it (the `--json` object, field for field).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EventRecord {
+    /// "conflict" (what tells an event from a "flood_summary").
+    #[serde(rename = "type")]
+    pub kind: &'static str,
     /// RFC 3339, UTC, microseconds.
     pub time: String,
     #[serde(flatten)]
@@ -157,6 +171,7 @@ pub struct EventRecord {
 impl EventRecord {
     pub fn new(conflict: &Conflict, cgroup: Option<PathBuf>, holder: Option<Holder>) -> Self {
         EventRecord {
+            kind: "conflict",
             time: rfc3339(wall_clock_ns(conflict.boot_ns)),
             conflict: ConflictFields::of(conflict, cgroup),
             holder,
@@ -168,6 +183,9 @@ impl EventRecord {
 /// suppressed event as the example.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SummaryRecord {
+    /// "flood_summary".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
     /// When the summarised window ended (RFC 3339).
     pub time: String,
     /// How many events like this one were not shown.
@@ -188,10 +206,37 @@ impl SummaryRecord {
         end_boot_ns: u64,
     ) -> Self {
         SummaryRecord {
+            kind: "flood_summary",
             time: rfc3339(wall_clock_ns(end_boot_ns)),
             suppressed,
             seconds,
             conflict: ConflictFields::of(last, cgroup),
+        }
+    }
+}
+
+/// Events that were lost, as a `--json` line: `{"type": "lost", "time", "lost", "by"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LostRecord {
+    /// "lost".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// When it was noticed (RFC 3339).
+    pub time: String,
+    /// How many events.
+    pub lost: u64,
+    /// "ring_buffer" (the kernel's was full; `udpguard_events_lost_total` counts them) or
+    /// "reader" (this reader fell behind the one reading the ring).
+    pub by: &'static str,
+}
+
+impl LostRecord {
+    pub fn new(lost: u64, by: &'static str) -> Self {
+        LostRecord {
+            kind: "lost",
+            time: rfc3339(wall_clock_ns(boot_clock_ns())),
+            lost,
+            by,
         }
     }
 }

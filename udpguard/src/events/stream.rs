@@ -20,7 +20,7 @@ use super::{
     flood::{FloodGate, Summary, WINDOW_NS},
     format::Line,
     holder::HolderFinder,
-    record::{Action, Conflict, EventRecord, SummaryRecord, boot_clock_ns},
+    record::{Action, Conflict, EventRecord, LostRecord, SummaryRecord, boot_clock_ns},
 };
 use crate::{
     attachment::{self, Attachment},
@@ -64,6 +64,7 @@ pub async fn stream(
                         "{n} conflict events lost by this reader: it fell behind the one that \
                          reads the kernel's ring (they are still counted)"
                     );
+                    printer.lost(n, "reader");
                     continue;
                 }
                 Next::Ended => {
@@ -76,7 +77,9 @@ pub async fn stream(
             _ = tick.tick() => {
                 let summaries = gate.due(boot_clock_ns());
                 printer.summaries(&mut resolver, summaries).await;
-                source.check_lost();
+                if let Some(n) = source.check_lost() {
+                    printer.lost(n, "ring_buffer");
+                }
                 if source.replaced()? {
                     source = Source::open(dir)?;
                     feed.reopen(dir)?;
@@ -290,20 +293,20 @@ impl Source {
         })
     }
 
-    /// Says on stderr how many events the kernel dropped since the last check.
-    fn check_lost(&mut self) {
-        let Ok(counters) = self.attachment.counters() else {
-            return;
-        };
+    /// Says on stderr (a warning) how many events the kernel dropped since the last check,
+    /// and returns it.
+    fn check_lost(&mut self) -> Option<u64> {
+        let counters = self.attachment.counters().ok()?;
         let lost = counters.get(Counter::EventsLost);
-        if lost > self.lost {
+        let new = lost.checked_sub(self.lost).filter(|&n| n > 0);
+        if let Some(n) = new {
             tracing::warn!(
-                "{} conflict events lost: the ring buffer was full (they are still counted; \
-                 a larger `udpguard attach --events-buffer` keeps more)",
-                lost - self.lost
+                "{n} conflict events lost: the ring buffer was full (they are still counted; \
+                 a larger `udpguard attach --events-buffer` keeps more)"
             );
         }
         self.lost = lost;
+        new
     }
 
     /// True when another attachment took this one's place (a new build replaced it); an
@@ -341,6 +344,14 @@ impl Printer {
         let written = writeln!(stdout, "{}", line.render(self.json)).and_then(|()| stdout.flush());
         if written.is_err() {
             self.open = false;
+        }
+    }
+
+    /// In JSON, a line saying `n` events were lost (`by` the "ring_buffer" or this "reader");
+    /// for people, the warning on stderr says it.
+    fn lost(&mut self, n: u64, by: &'static str) {
+        if self.json {
+            self.print(&Line::Lost(LostRecord::new(n, by)));
         }
     }
 

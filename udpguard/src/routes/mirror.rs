@@ -121,15 +121,18 @@ impl RouteMirror {
         watch(&mirror.watchers, &context, own, None)?;
 
         let (stop, maps) = (Arc::clone(&context.stop), Arc::clone(&context.maps));
+        let watched = Arc::clone(&mirror.watchers);
         let heartbeat = std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = maps
+                match maps
                     .lock()
                     .unwrap()
                     .set_heartbeat(crate::clock::monotonic_ns())
                 {
-                    tracing::warn!("route mirror heartbeat: {e:#}");
+                    Ok(()) => crate::health::AGENT.heartbeat(),
+                    Err(e) => tracing::warn!("route mirror heartbeat: {e:#}"),
                 }
+                crate::health::AGENT.set_mirrored(watched.lock().unwrap().len());
                 std::thread::sleep(HEARTBEAT);
             }
         });

@@ -68,6 +68,45 @@ pub fn run(options: &ScanOptions) -> Scanned {
     }
 }
 
+/// Scans every network namespace and sums up what it found per namespace, timed: what the
+/// agent exports as `udpguard_scan_*`. Notes on what could not be seen go to the debug log.
+pub fn summary() -> anyhow::Result<crate::health::ScanSummary> {
+    let started = std::time::Instant::now();
+    let mut gaps = Gaps::default();
+    let report = scan(
+        &ScanOptions {
+            json: false,
+            all_netns: true,
+        },
+        &mut gaps,
+    )?;
+    for note in &gaps.notes {
+        tracing::debug!("scan: {note}");
+    }
+    let mut per_netns: std::collections::BTreeMap<String, crate::health::NetnsFindings> =
+        std::collections::BTreeMap::new();
+    for duplicate in &report.duplicates {
+        let netns = duplicate.netns.clone().unwrap_or_default();
+        let entry =
+            per_netns
+                .entry(netns.clone())
+                .or_insert_with(|| crate::health::NetnsFindings {
+                    netns,
+                    ..Default::default()
+                });
+        entry.duplicate_tuples += 1;
+        entry.starving_sockets += duplicate.sockets.iter().filter(|s| !s.receiving).count();
+    }
+    Ok(crate::health::ScanSummary {
+        finished_ns: crate::clock::monotonic_ns(),
+        seconds: started.elapsed().as_secs_f64(),
+        sockets: report.scanned,
+        namespaces: report.namespaces_scanned.unwrap_or(1),
+        per_netns: per_netns.into_values().collect(),
+        partial: report.partial,
+    })
+}
+
 /// A duplicate group found in one namespace, with the inode of the socket
 /// that receives (`None` if the kernel's lookup picked none of them).
 struct Finding {

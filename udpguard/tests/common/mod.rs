@@ -159,6 +159,19 @@ impl Agent {
             .args(["run", "--cgroup", sb.cgroup.to_str().unwrap()])
             .args(["--watch-cgroup", sb.scope.to_str().unwrap()])
             .args(extra)
+            // The machine's default metrics port is not the test's to take.
+            .args(if extra.contains(&"--metrics-addr") {
+                &[][..]
+            } else {
+                &["--no-metrics"][..]
+            })
+            // Nor is a scan of every namespace on the host (each test's agent would scan
+            // every other test's namespaces): tests of the scan ask for it.
+            .args(if extra.contains(&"--scan-interval") {
+                &[][..]
+            } else {
+                &["--scan-interval", "0"][..]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
