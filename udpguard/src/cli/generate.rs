@@ -33,7 +33,10 @@ pub fn man(args: &ManArgs, command: clap::Command) -> ExitCode {
             args.dir.display()
         ));
     }
-    match clap_mangen::generate_to(command, &args.dir) {
+    // The pages' VERSION section is filled text: the one-line version (with the commit), not
+    // --version's lines, which roff would run together.
+    let version = command.get_version().unwrap_or_default().to_owned();
+    match clap_mangen::generate_to(command.long_version(version), &args.dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => failed(format!(
             "writing the man pages into {} failed: {err}",
