@@ -73,4 +73,30 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
   fi
 fi
 
+# Packaging (scripts/package.sh, scripts/test-package.sh): cargo-deb builds the .deb; mmdebstrap
+# makes the throwaway Debian root the package is installed into; man-db renders its pages.
+if ! command -v cargo-deb >/dev/null; then
+  say "installing cargo-deb (about 3 minutes)"
+  cargo install cargo-deb --locked
+fi
+pkg_tools=(mmdebstrap man-db)
+missing=()
+for p in "${pkg_tools[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Kubernetes manifests (scripts/test-manifests.sh): validated against the schemas that the
+# kubernetes-validate package bundles (no cluster, no network).
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  say "installing kubernetes-validate"
+  # Debian's own python3 refuses pip installs (PEP 668) and has no package of it.
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+
 say "ready"

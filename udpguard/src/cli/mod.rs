@@ -4,19 +4,25 @@
 mod attach;
 mod detach;
 mod events;
+mod generate;
 mod metrics;
 mod run;
 mod scan;
 mod status;
 
-use std::{fmt::Display, process::ExitCode};
+use std::{
+    fmt::{Display, Write as _},
+    process::ExitCode,
+};
 
-use clap::{Parser, Subcommand, builder::TypedValueParser as _};
+use clap::{
+    CommandFactory as _, FromArgMatches as _, Parser, Subcommand, builder::TypedValueParser as _,
+};
 use udpguard::settings::Choice;
 
 /// Refuses UDP connect()s that would give two sockets the same 4-tuple.
 #[derive(Parser)]
-#[command(name = "udpguard", version, about)]
+#[command(name = "udpguard", about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,10 +44,36 @@ enum Command {
     Events(events::Args),
     /// Print the Prometheus metrics once, from the pinned counters (changes nothing).
     Metrics(metrics::Args),
+    /// Print the completion script for bash, zsh, fish, elvish or powershell (the .deb installs
+    /// bash's, zsh's and fish's).
+    Completions(generate::CompletionsArgs),
+    /// Write a man page for udpguard and each verb into a directory (the .deb installs them).
+    Man(generate::ManArgs),
+}
+
+/// The command line as clap sees it: the derived one with the build's identity as its
+/// version (`-V`: version and commit; `--version`: also the eBPF object's hash, the one
+/// `status` compares with the pinned programs').
+fn command() -> clap::Command {
+    let commit = env!("UDPGUARD_GIT_COMMIT");
+    let short_commit = &commit[..commit.len().min(12)];
+    let object = udpguard::loader::object_sha256()
+        .iter()
+        .fold(String::new(), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        });
+    let version = env!("CARGO_PKG_VERSION");
+    Cli::command()
+        .version(format!("{version} (commit {short_commit})"))
+        .long_version(format!(
+            "{version}\ncommit: {commit}\neBPF object sha256: {object}"
+        ))
 }
 
 pub fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|err| err.exit());
+    match cli.command {
         Command::Attach(args) => attach::run(&args),
         Command::Detach(args) => detach::run(&args),
         Command::Status(args) => status::run(&args),
@@ -49,6 +81,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Events(args) => events::run(&args),
         Command::Metrics(args) => metrics::run(&args),
+        Command::Completions(args) => generate::completions(&args, command()),
+        Command::Man(args) => generate::man(&args, command()),
     }
 }
 
@@ -69,7 +103,6 @@ fn choice<T: Choice + Clone + Send + Sync>() -> impl clap::builder::TypedValuePa
 mod tests {
     #[test]
     fn the_command_line_is_consistent() {
-        use clap::CommandFactory as _;
-        super::Cli::command().debug_assert();
+        super::command().debug_assert();
     }
 }
