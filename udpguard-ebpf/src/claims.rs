@@ -268,7 +268,15 @@ pub fn claim(
         // one sees the other (each looks after its swap) and backs off.
         if claimed_elsewhere(primary, spill, room.bucket, room.way, tag) {
             free(room.bucket, room.way);
-            return Claimed::Lost;
+            // Both may see each other and back off. The one that still sees the other's claim
+            // after letting go of its own loses to it; one that sees none goes ahead
+            // unrecorded (fail open, counted) rather than leave the tuple with every racer
+            // refused. Both seeing none lets a duplicate by, counted `unrecorded`.
+            if find(primary, spill, tag).kind == CLAIM {
+                return Claimed::Lost;
+            }
+            fastpath::note_unindexed(key.netns_cookie);
+            return Claimed::Unrecorded;
         }
         remember(record, room.bucket, room.way, order, &mine, indexed);
         return Claimed::Ours { recorded };
