@@ -15,6 +15,8 @@ fi
 
 # Debian packages: LLVM for bpf-linker, and the tools the tests drive.
 pkgs=(llvm-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev bpftool socat iproute2 procps util-linux)
+# The workload benches (benches/resolver.rs): Unbound and dnsperf.
+pkgs+=(unbound dnsperf)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

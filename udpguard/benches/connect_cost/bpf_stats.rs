@@ -82,7 +82,7 @@ pub struct ProgramTime {
 }
 
 impl ProgramTime {
-    fn between(before: &Counts, after: &Counts, id: u32) -> anyhow::Result<ProgramTime> {
+    pub fn between(before: &Counts, after: &Counts, id: u32) -> anyhow::Result<ProgramTime> {
         let (Some(&(t0, n0)), Some(&(t1, n1))) = (before.0.get(&id), after.0.get(&id)) else {
             bail!("program {id} disappeared");
         };

@@ -16,7 +16,7 @@ use udpguard::{
     guard, loader::program, routes::RouteMirror, settings::Mode, status::AttachmentStatus,
 };
 
-use crate::{bpf_stats::ProgramIds, worker::Worker};
+use crate::bpf_stats::ProgramIds;
 
 /// Room for every conflict event of the hit batches between two drains.
 const EVENTS_BUFFER: u32 = 16 << 20;
@@ -130,12 +130,16 @@ impl Guard<'_> {
         Ok(())
     }
 
-    /// After switching to [`Setup::Fast`]: connects until the agent has loaded the sandbox's
-    /// namespace (a checked connect reports it) and turned the fast path on there.
-    pub fn wait_fast_path(&self, worker: &mut Worker) -> anyhow::Result<()> {
+    /// After switching to [`Setup::Fast`] (or starting an agent): makes connects with
+    /// `connect` until the agent has loaded the sandbox's namespace (a checked connect reports
+    /// it) and turned the fast path on there.
+    pub fn wait_fast_path(
+        &self,
+        mut connect: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            worker.run(20)?;
+            connect()?;
             let on = attached().and_then(|a| a.fast_path_namespaces).unwrap_or(0);
             if on > 0 {
                 return Ok(());
