@@ -101,4 +101,22 @@ if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate
 fi
 
+# The kernel matrix and the systemd guest (scripts/test-kernels.sh, scripts/test-systemd.sh):
+# QEMU (software emulation: this machine's KVM is PVM), udev (the guest's virtio console), kmod
+# (virtme-ng runs depmod), mmdebstrap (the bookworm rootfs), jq, and virtme-ng from PyPI.
+vm_pkgs=(qemu-system-x86 udev kmod mmdebstrap jq)
+vm_missing=()
+for p in "${vm_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vm_missing+=("$p")
+done
+if [ ${#vm_missing[@]} -gt 0 ]; then
+  say "installing Debian packages for the VM tests: ${vm_missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${vm_missing[@]}" >/dev/null
+fi
+if ! command -v vng >/dev/null; then
+  say "installing virtme-ng (vng) from PyPI"
+  python3 -m pip install --quiet virtme-ng
+fi
+
 say "ready"
