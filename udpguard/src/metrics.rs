@@ -4,7 +4,10 @@
 //! Every attachment contributes its samples, labelled with its `cgroup`:
 //! `udpguard_connects_checked_total`, `udpguard_conflicts_total{action}`,
 //! `udpguard_conflicts_raced_total`, `udpguard_not_checked_total{reason}`,
-//! `udpguard_events_lost_total` and the gauge `udpguard_attached{mode}` (1 per attachment).
+//! `udpguard_events_lost_total`, the gauge `udpguard_attached{mode}` (1 per attachment), the
+//! gauge `udpguard_kernel_mode{kernel_mode}` (1 per attachment: `full`, `eperm-only` or
+//! `compat`) and `udpguard_feature_off{feature,why}` (1 for each thing this kernel's build
+//! cannot do; no row when nothing is off).
 use std::fmt;
 
 use prometheus_client::{
@@ -32,6 +35,8 @@ pub struct AttachmentSample {
     pub mode: Mode,
     /// Summed over CPUs.
     pub counters: Counters,
+    /// What the programs can do on this kernel.
+    pub features: crate::loader::Features,
 }
 
 /// What a scrape read: the attachments' samples, and why some could not be read.
@@ -47,9 +52,10 @@ pub fn scrape() -> Scrape {
     let cgroup_root = cgroup::root().ok();
     let mut scrape = Scrape::default();
     for (id, dir) in attachment::list_dirs(&bpffs::pin_root()) {
-        let read = Attachment::open(&dir).and_then(|a| Ok((a.settings()?, a.counters()?)));
+        let read =
+            Attachment::open(&dir).and_then(|a| Ok((a.settings()?, a.counters()?, a.features())));
         match read {
-            Ok((settings, counters)) => scrape.samples.push(AttachmentSample {
+            Ok((settings, counters, features)) => scrape.samples.push(AttachmentSample {
                 cgroup: cgroup_root
                     .as_deref()
                     .and_then(|root| cgroup::path_of_id(root, id))
@@ -59,6 +65,7 @@ pub fn scrape() -> Scrape {
                     ),
                 mode: settings.mode,
                 counters,
+                features,
             }),
             Err(err) => scrape.unreadable.push(format!(
                 "cannot read the counters in {}: {}",
@@ -188,6 +195,37 @@ impl Collector for Snapshot {
         {
             ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)?;
         }
+        let mut metric = encoder.encode_descriptor(
+            "kernel_mode",
+            "1 for each attachment, labelled with the build of the programs this kernel runs: \
+             full, eperm-only (no bpf_set_retval: EPERM only) or compat (no BPF atomic fetch \
+             ops: the kernel's lookup alone, no race protection, no fast path)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let modes = self.per_attachment(
+            |s| vec![("kernel_mode", s.features.mode().to_owned())],
+            |_| 1,
+        );
+        for (labels, _) in modes {
+            ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "feature_off",
+            "1 for each thing the guard cannot do on this kernel, labelled with what and why",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &self.0 {
+            for off in s.features.off() {
+                let labels = vec![
+                    ("cgroup", escape_label_value(&s.cgroup)),
+                    ("feature", off.feature.to_owned()),
+                    ("why", escape_label_value(&off.why)),
+                ];
+                ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -205,6 +243,10 @@ mod tests {
             cgroup: cgroup.to_owned(),
             mode,
             counters,
+            features: crate::loader::Features(
+                udpguard_common::meta::features::SET_RETVAL
+                    | udpguard_common::meta::features::CLAIMS,
+            ),
         }
     }
 
@@ -246,6 +288,11 @@ udpguard_events_lost_total{cgroup="/sys/fs/cgroup/app"} 1
 # HELP udpguard_attached 1 for each cgroup the guard is attached to, labelled with its mode
 # TYPE udpguard_attached gauge
 udpguard_attached{cgroup="/sys/fs/cgroup/app",mode="enforce"} 1
+# HELP udpguard_kernel_mode 1 for each attachment, labelled with the build of the programs this kernel runs: full, eperm-only (no bpf_set_retval: EPERM only) or compat (no BPF atomic fetch ops: the kernel's lookup alone, no race protection, no fast path)
+# TYPE udpguard_kernel_mode gauge
+udpguard_kernel_mode{cgroup="/sys/fs/cgroup/app",kernel_mode="full"} 1
+# HELP udpguard_feature_off 1 for each thing the guard cannot do on this kernel, labelled with what and why
+# TYPE udpguard_feature_off gauge
 # EOF
 "#;
         assert_eq!(text, expected);

@@ -48,8 +48,15 @@ pub struct AttachmentStatus {
     pub claims: Option<usize>,
     /// The kernel tables' sizes and use (None without claims).
     pub tables: Option<Tables>,
+    /// Which build of the programs runs: "full" (claims, any errno), "eperm-only" (claims,
+    /// EPERM only: no bpf_set_retval, before 5.18) or "compat" (the kernel's lookup alone: no
+    /// race protection, no fast path, EPERM only; before 5.12, or forced with
+    /// UDPGUARD_FORCE_COMPAT=1). None when the pins cannot be read.
+    pub kernel_mode: Option<&'static str>,
+    /// True when the "compat" build was forced (UDPGUARD_FORCE_COMPAT=1), not the kernel's lack.
+    pub kernel_mode_forced: bool,
     /// What the programs cannot do on this kernel, and why (empty when nothing is off).
-    pub degraded: Vec<&'static str>,
+    pub degraded: Vec<String>,
     /// Network namespaces where the O(1) no-conflict path is on (`udpguard run` turns it on).
     pub fast_path_namespaces: Option<usize>,
     /// Why the pins could not be read, if they could not.
@@ -147,6 +154,8 @@ fn describe(
         counters: BTreeMap::new(),
         claims: None,
         tables: None,
+        kernel_mode: None,
+        kernel_mode_forced: false,
         degraded: Vec::new(),
         fast_path_namespaces: None,
         error: None,
@@ -165,7 +174,9 @@ fn describe(
             status.programs = Programs { connect4, connect6 };
             status.matches_binary = attachment.matches_binary();
             status.attached_at = Some(attachment.meta.attached_at);
-            if let Ok(table) = attachment.claim_table(false) {
+            if attachment.features().claims()
+                && let Ok(table) = attachment.claim_table(false)
+            {
                 status.claims = Some(table.count());
                 status.tables = attachment.sizes().map(|sizes| Tables {
                     claim_capacity: table.capacity(),
@@ -174,7 +185,10 @@ fn describe(
                     memory_bytes: sizes.bytes(),
                 });
             }
-            status.degraded = attachment.features().missing();
+            let features = attachment.features();
+            status.kernel_mode = Some(features.mode());
+            status.kernel_mode_forced = features.forced_compat();
+            status.degraded = features.missing();
             status.fast_path_namespaces =
                 crate::fastpath::NamespaceTable::open(&status.pin_dir, false)
                     .ok()

@@ -578,7 +578,13 @@ fn the_metrics_verb_prints_the_pinned_counters_for_a_prometheus_parser() {
     assert!(
         types.iter().all(
             |(name, kind)| (name.ends_with("_total") && *kind == "counter")
-                || (*name == "udpguard_attached" && *kind == "gauge")
+                || ([
+                    "udpguard_attached",
+                    "udpguard_kernel_mode",
+                    "udpguard_feature_off"
+                ]
+                .contains(name)
+                    && *kind == "gauge")
         ),
         "{types:?}"
     );

@@ -72,6 +72,9 @@ pub fn run(args: &AttachArgs) -> ExitCode {
             tables::human_bytes(sizes.bytes())
         );
     }
+    if !attached.features.missing().is_empty() {
+        println!("  kernel mode: {}", attached.features.mode());
+    }
     for note in attached.features.missing() {
         println!("  note: {note}");
     }

@@ -124,6 +124,14 @@ fn text(status: &Status) -> String {
             count(Counter::Evicted),
             count(Counter::Unrecorded)
         );
+        if let Some(mode) = a.kernel_mode {
+            let forced = if a.kernel_mode_forced {
+                " (forced by UDPGUARD_FORCE_COMPAT=1)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  kernel mode: {mode}{forced}");
+        }
         for off in &a.degraded {
             let _ = writeln!(out, "  degraded: {off}");
         }
