@@ -108,6 +108,15 @@ impl Features {
                 why: no_atomics,
             });
         }
+        if crate::sys::netns::current_cookie().is_err() {
+            off.push(Off {
+                feature: "wildcard_bound",
+                what: "wildcard-bound sockets (0.0.0.0 / [::], most clients) are not checked, \
+                       even with `udpguard run`: its route mirror must learn each network \
+                       namespace's cookie, and they pass (counted wildcard)",
+                why: format!("kernel {kernel} has no SO_NETNS_COOKIE, needs 5.14"),
+            });
+        }
         if !self.set_retval() {
             let why = if self.forced_compat() {
                 format!(
@@ -145,8 +154,8 @@ impl Features {
 /// One thing the programs cannot do here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Off {
-    /// A short name (`race_protection`, `fast_path`, `device_bound_holders`, `errno_choice`),
-    /// for metrics labels.
+    /// A short name (`race_protection`, `fast_path`, `device_bound_holders`, `wildcard_bound`,
+    /// `errno_choice`), for metrics labels.
     pub feature: &'static str,
     /// What is off and what that means.
     pub what: &'static str,
@@ -191,6 +200,7 @@ impl LoadedGuard {
         events_buffer: u32,
         sizes: TableSizes,
     ) -> Result<LoadedGuard> {
+        crate::sys::bpf::raise_memlock_limit();
         // The claims need 64-bit atomic fetch operations (Linux 5.12): a real probe decides,
         // before anything is sized for them.
         let forced = compat_forced();
@@ -334,6 +344,7 @@ fn attach_sock_addr(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Resul
 pub fn attach_watch(dir: &Path, scope: &Cgroup) -> Result<Links> {
     let namespaces = dir.join(pin_of(map_names::NAMESPACES));
     let seen = dir.join(pin_of(map_names::SEEN));
+    crate::sys::bpf::raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
         .map_max_entries(map_names::EVENTS, 4096)

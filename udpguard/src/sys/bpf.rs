@@ -57,6 +57,29 @@ pub fn link_detach(link: &OwnedFd) -> io::Result<()> {
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
+/// Lets this process lock as much memory as it may for BPF maps and programs. Kernels before
+/// 5.11 charge them to `RLIMIT_MEMLOCK` (summed over every process of the user, pinned objects
+/// included), whose default of 64 KiB or 8 MiB a few attachments outgrow, and the kernel then
+/// refuses with EPERM; later kernels charge the memory cgroup and ignore the limit. Raises it
+/// to unlimited where allowed (CAP_SYS_RESOURCE), else the soft limit to the hard one.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscalls on a valid rlimit struct.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return;
+        }
+        let mut current = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) == 0 {
+            current.rlim_cur = current.rlim_max;
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &current);
+        }
+    }
+}
+
 /// One BPF instruction: opcode, registers (destination in the low nibble), offset, immediate.
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     let regs = (dst & 0xf) | (src << 4);
@@ -71,6 +94,7 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
 /// distribution kernel that backported them counts as having them. Before 5.12 these
 /// encodings were reserved fields of `BPF_XADD`, and the load fails with EINVAL.
 pub fn atomic_fetch_supported() -> io::Result<bool> {
+    raise_memlock_limit();
     const MOV64_IMM: u8 = 0x07 | 0xb0; // BPF_ALU64 | BPF_MOV | BPF_K
     const STX_MEM_DW: u8 = 0x03 | 0x60 | 0x18; // BPF_STX | BPF_MEM | BPF_DW
     const ATOMIC_DW: u8 = 0x03 | 0xc0 | 0x18; // BPF_STX | BPF_ATOMIC | BPF_DW
