@@ -7,6 +7,10 @@ pub mod features {
     /// The claims run (64-bit compare-and-swap in BPF, Linux 5.12+): no race window, and the
     /// fast path can be used.
     pub const CLAIMS: u32 = 2;
+    /// The claims are off because `UDPGUARD_FORCE_COMPAT=1` asked for the older-kernel mode,
+    /// not because the kernel lacks 64-bit atomic fetch operations (testing that mode on a
+    /// new kernel).
+    pub const FORCED_COMPAT: u32 = 4;
 }
 
 #[repr(C)]

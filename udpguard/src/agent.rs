@@ -248,7 +248,6 @@ async fn run_async(args: &RunOptions) -> anyhow::Result<()> {
         .features
         .missing()
         .into_iter()
-        .map(String::from)
         .chain(attached.notes.clone())
     {
         tracing::warn!("{note}");

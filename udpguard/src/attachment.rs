@@ -391,9 +391,9 @@ impl Attachment {
         Ok(())
     }
 
-    /// The sizes the tables were loaded with.
+    /// The sizes the tables were loaded with (None without claims: the older-kernel build).
     pub fn sizes(&self) -> Option<TableSizes> {
-        (self.meta.claim_buckets != 0).then(|| TableSizes {
+        (self.meta.claim_buckets != 0 && self.features().claims()).then(|| TableSizes {
             sockets: self.meta.claim_buckets as u64 * udpguard_common::CLAIM_WAYS as u64 / 2,
             claim_buckets: self.meta.claim_buckets,
             records: self.meta.records,

@@ -1,8 +1,10 @@
 //! Loading the embedded eBPF object and attaching its programs to a cgroup.
 //!
-//! The object holds three builds of the connect programs (see `udpguard-ebpf/src/main.rs`);
-//! the loader uses the first this kernel's verifier accepts, and says what the others would
-//! have added ([`Features`]). That is the one compatibility check: everything else reads it.
+//! The object holds three builds of the connect programs (see `udpguard-ebpf/src/main.rs`).
+//! A probe (a tiny program with a 64-bit compare-and-swap) says whether the kernel has the
+//! atomics the claims need (Linux 5.12); where it has, the loader uses the first build the
+//! verifier accepts. [`Features`] says what is off and why. That is the one compatibility
+//! check: everything else reads it. `UDPGUARD_FORCE_COMPAT=1` forces the older-kernel build.
 use std::{fs::File, path::Path};
 
 use anyhow::Context as _;
@@ -34,6 +36,15 @@ pub fn object_sha256() -> [u8; 32] {
     Sha256::digest(OBJECT).into()
 }
 
+/// The environment variable that, set to `1`, forces the older-kernel mode (the lookup alone:
+/// no claims, no fast path, EPERM only) on any kernel, so that mode is tested on new ones.
+pub const FORCE_COMPAT_ENV: &str = "UDPGUARD_FORCE_COMPAT";
+
+/// True when [`FORCE_COMPAT_ENV`] asks for the older-kernel mode.
+pub fn compat_forced() -> bool {
+    std::env::var_os(FORCE_COMPAT_ENV).is_some_and(|v| v == "1")
+}
+
 /// What the loaded programs can do on this kernel (bits of `udpguard_common::meta::features`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features(pub u32);
@@ -49,23 +60,83 @@ impl Features {
         self.0 & features::CLAIMS != 0
     }
 
-    /// What is off, and why, for `attach`, `status` and the agent to say plainly.
-    pub fn missing(self) -> Vec<&'static str> {
-        let mut missing = Vec::new();
+    /// The claims are off because [`FORCE_COMPAT_ENV`] said so, not for want of atomics.
+    pub const fn forced_compat(self) -> bool {
+        self.0 & features::FORCED_COMPAT != 0
+    }
+
+    /// The build in use, for `status --json`: `full` (claims, any errno), `eperm-only`
+    /// (claims, EPERM only) or `compat` (the kernel's lookup alone, EPERM only).
+    pub const fn mode(self) -> &'static str {
+        if self.set_retval() {
+            "full"
+        } else if self.claims() {
+            "eperm-only"
+        } else {
+            "compat"
+        }
+    }
+
+    /// What is off, and why, for `attach`, `status`, the agent and metrics to say plainly.
+    pub fn off(self) -> Vec<Off> {
+        let kernel = kernel_version();
+        let no_atomics = if self.forced_compat() {
+            format!("forced by {FORCE_COMPAT_ENV}=1 (kernel {kernel} has BPF atomic fetch ops)")
+        } else {
+            format!("kernel {kernel} lacks BPF atomic fetch ops (64-bit cmpxchg/xchg), needs 5.12")
+        };
+        let mut off = Vec::new();
         if !self.claims() {
-            missing.push(
-                "race protection and the fast path are off: this kernel's BPF has no 64-bit \
-                 compare-and-swap (Linux 5.12+); duplicates are still refused by the kernel's \
-                 lookup, but two connects racing each other can both get through",
-            );
+            off.push(Off {
+                feature: "race_protection",
+                what: "race protection is off: two sockets connecting to one tuple at the same \
+                       instant can both get through (a duplicate of an already connected \
+                       socket is still refused, by the kernel's lookup)",
+                why: no_atomics.clone(),
+            });
+            off.push(Off {
+                feature: "fast_path",
+                what: "the fast path is off: every UDP connect runs the kernel's lookup (a walk \
+                       of the sockets on its local port)",
+                why: no_atomics.clone(),
+            });
+            off.push(Off {
+                feature: "device_bound_holders",
+                what: "sockets bound to a device (SO_BINDTODEVICE) are not protected: the \
+                       kernel's lookup cannot see them and no claim stands for them, so a \
+                       connect beside one goes ahead (counted device_bound)",
+                why: no_atomics,
+            });
+        }
+        if crate::sys::netns::current_cookie().is_err() {
+            off.push(Off {
+                feature: "wildcard_bound",
+                what: "wildcard-bound sockets (0.0.0.0 / [::], most clients) are not checked, \
+                       even with `udpguard run`: its route mirror must learn each network \
+                       namespace's cookie, and they pass (counted wildcard)",
+                why: format!("kernel {kernel} has no SO_NETNS_COOKIE, needs 5.14"),
+            });
         }
         if !self.set_retval() {
-            missing.push(
-                "refusals are EPERM only: this kernel has no bpf_set_retval for connect hooks \
-                 (Linux 5.18+)",
-            );
+            let why = if self.forced_compat() {
+                format!(
+                    "forced by {FORCE_COMPAT_ENV}=1 (the older-kernel build refuses with EPERM)"
+                )
+            } else {
+                format!("kernel {kernel} has no bpf_set_retval for connect hooks, needs 5.18")
+            };
+            off.push(Off {
+                feature: "errno_choice",
+                what: "refusals are EPERM only (--errno eaddrinuse/eaddrnotavail cannot be used)",
+                why,
+            });
         }
-        missing
+        off
+    }
+
+    /// [`Self::off`] as sentences.
+    pub fn missing(self) -> Vec<String> {
+        self.off().iter().map(Off::to_string).collect()
     }
 
     /// The connect programs of this build.
@@ -77,6 +148,35 @@ impl Features {
         } else {
             [program_names::CONNECT4_BASIC, program_names::CONNECT6_BASIC]
         }
+    }
+}
+
+/// One thing the programs cannot do here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Off {
+    /// A short name (`race_protection`, `fast_path`, `device_bound_holders`, `wildcard_bound`,
+    /// `errno_choice`), for metrics labels.
+    pub feature: &'static str,
+    /// What is off and what that means.
+    pub what: &'static str,
+    /// Why it is off.
+    pub why: String,
+}
+
+impl std::fmt::Display for Off {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.why)
+    }
+}
+
+/// This kernel's version, major.minor (`5.10`), from its release (`5.10.0-46-amd64`).
+fn kernel_version() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version: Vec<&str> = release.trim().splitn(3, ['.', '-']).take(2).collect();
+    if version.len() == 2 {
+        version.join(".")
+    } else {
+        "(unknown version)".to_string()
     }
 }
 
@@ -93,12 +193,36 @@ pub type Links = Vec<(&'static str, FdLink)>;
 impl LoadedGuard {
     /// Loads the best build of the programs this kernel accepts (failing if `need_set_retval`
     /// and it has no `bpf_set_retval`), with an `events_buffer`-byte ring buffer and tables of
-    /// `sizes`.
+    /// `sizes` (not made without claims). Without 64-bit atomic fetch operations (probed), or
+    /// with [`FORCE_COMPAT_ENV`]`=1`, that is the older-kernel build: the lookup alone.
     pub fn load(
         need_set_retval: bool,
         events_buffer: u32,
         sizes: TableSizes,
     ) -> Result<LoadedGuard> {
+        crate::sys::bpf::raise_memlock_limit();
+        // The claims need 64-bit atomic fetch operations (Linux 5.12): a real probe decides,
+        // before anything is sized for them.
+        let forced = compat_forced();
+        let atomics = !forced
+            && crate::sys::bpf::atomic_fetch_supported()
+                .context("probing the kernel for BPF atomic fetch operations")?;
+        if !atomics {
+            if need_set_retval {
+                return Err(Error::NoSetRetval);
+            }
+            let features = Features(if forced { features::FORCED_COMPAT } else { 0 });
+            let none = TableSizes::for_sockets(1);
+            let mut ebpf = load_object(events_buffer, none)?;
+            for name in features.connect_programs() {
+                load_connect(&mut ebpf, name)?;
+            }
+            return Ok(LoadedGuard {
+                ebpf,
+                features,
+                sizes: none,
+            });
+        }
         let mut ebpf = load_object(events_buffer, sizes)?;
         // The best build first; each fallback only for the verifier's word that this kernel
         // lacks what the build before needs.
@@ -107,6 +231,9 @@ impl LoadedGuard {
                 Features(features::SET_RETVAL | features::CLAIMS),
                 Some(program_names::CONNECT4),
             ),
+            Err(Error::VerifierRejected { ref log, .. }) if lacks_atomics(log) => {
+                (Features(0), None)
+            }
             Err(Error::VerifierRejected { ref log, .. }) if lacks_helper(log) => {
                 match load_connect(&mut ebpf, program_names::CONNECT4_PLAIN) {
                     Ok(()) => (
@@ -217,6 +344,7 @@ fn attach_sock_addr(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Resul
 pub fn attach_watch(dir: &Path, scope: &Cgroup) -> Result<Links> {
     let namespaces = dir.join(pin_of(map_names::NAMESPACES));
     let seen = dir.join(pin_of(map_names::SEEN));
+    crate::sys::bpf::raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
         .map_max_entries(map_names::EVENTS, 4096)
@@ -365,6 +493,33 @@ mod tests {
             program_names::CONNECT4_BASIC
         );
         assert!(all.missing().is_empty());
-        assert_eq!(Features(0).missing().len(), 2);
+        assert_eq!(all.mode(), "full");
+        assert_eq!(Features(features::CLAIMS).mode(), "eperm-only");
+        let compat = Features(0);
+        assert_eq!(compat.mode(), "compat");
+        let off: Vec<&str> = compat.off().iter().map(|o| o.feature).collect();
+        assert_eq!(
+            off,
+            [
+                "race_protection",
+                "fast_path",
+                "device_bound_holders",
+                "errno_choice"
+            ]
+        );
+        assert!(
+            compat.missing()[0].contains("needs 5.12"),
+            "{:?}",
+            compat.missing()
+        );
+        let forced = Features(features::FORCED_COMPAT);
+        assert_eq!(forced.mode(), "compat");
+        assert!(forced.missing()[0].contains("UDPGUARD_FORCE_COMPAT=1"));
+    }
+
+    #[test]
+    fn the_kernel_version_is_major_and_minor() {
+        let version = kernel_version();
+        assert_eq!(version.split('.').count(), 2, "{version}");
     }
 }

@@ -97,6 +97,10 @@ pub struct AttachmentSample {
     pub links: Vec<(&'static str, bool)>,
     /// Whether the programs were loaded from this binary's eBPF object.
     pub matches_binary: bool,
+    /// The build of the programs this kernel runs: `full`, `eperm-only` or `compat`.
+    pub kernel_mode: &'static str,
+    /// What that build cannot do here: (feature, why).
+    pub off: Vec<(&'static str, String)>,
 }
 
 /// What a scrape read: the attachments' samples, and why some could not be read.
@@ -157,6 +161,8 @@ pub fn scrape() -> Scrape {
                 .map(|(&pin, &state)| (pin, state == crate::attachment::LinkState::Attached))
                 .collect(),
             matches_binary: a.matches_binary,
+            kernel_mode: a.kernel_mode.unwrap_or("full"),
+            off: a.off.iter().map(|o| (o.feature, o.why.clone())).collect(),
         });
     }
     scrape
@@ -304,6 +310,21 @@ pub fn families(scrape: &Scrape) -> Vec<Family> {
             })
         })
         .collect();
+    let features_off: Vec<Row> = samples
+        .iter()
+        .flat_map(|s| {
+            s.off.iter().map(|(feature, why)| {
+                (
+                    vec![
+                        ("cgroup", escape_label_value(&s.cgroup)),
+                        ("feature", (*feature).to_owned()),
+                        ("why", escape_label_value(why)),
+                    ],
+                    Value::Int(1),
+                )
+            })
+        })
+        .collect();
     let mut all = vec![
         family(
             "connects_checked",
@@ -370,6 +391,23 @@ pub fn families(scrape: &Scrape) -> Vec<Family> {
             "1 for each cgroup the guard is attached to, labelled with its mode",
             Kind::Gauge,
             per(&|s| vec![("mode", s.mode.word().to_owned())], &|_| gauge(1)),
+        ),
+        family(
+            "kernel_mode",
+            "1 for each attachment, labelled with the build of the programs this kernel runs: \
+             full, eperm-only (no bpf_set_retval: EPERM only) or compat (no BPF atomic fetch \
+             ops: the kernel's lookup alone, no race protection, no fast path)",
+            Kind::Gauge,
+            per(
+                &|s| vec![("kernel_mode", s.kernel_mode.to_owned())],
+                &|_| gauge(1),
+            ),
+        ),
+        family(
+            "feature_off",
+            "1 for each thing the guard cannot do on this kernel, labelled with what and why",
+            Kind::Gauge,
+            features_off,
         ),
         family(
             "attachment_current_build",
@@ -624,6 +662,8 @@ mod tests {
             fast_path_namespaces: Some(1),
             links: link_pins::ALL.iter().map(|&p| (p, true)).collect(),
             matches_binary: true,
+            kernel_mode: "full",
+            off: Vec::new(),
         }
     }
 

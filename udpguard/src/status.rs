@@ -48,8 +48,18 @@ pub struct AttachmentStatus {
     pub claims: Option<usize>,
     /// The kernel tables' sizes and use (None without claims).
     pub tables: Option<Tables>,
+    /// Which build of the programs runs: "full" (claims, any errno), "eperm-only" (claims,
+    /// EPERM only: no bpf_set_retval, before 5.18) or "compat" (the kernel's lookup alone: no
+    /// race protection, no fast path, EPERM only; before 5.12, or forced with
+    /// UDPGUARD_FORCE_COMPAT=1). None when the pins cannot be read.
+    pub kernel_mode: Option<&'static str>,
+    /// True when the "compat" build was forced (UDPGUARD_FORCE_COMPAT=1), not the kernel's lack.
+    pub kernel_mode_forced: bool,
     /// What the programs cannot do on this kernel, and why (empty when nothing is off).
-    pub degraded: Vec<&'static str>,
+    pub degraded: Vec<String>,
+    /// The same, by feature, for metrics labels.
+    #[serde(skip)]
+    pub off: Vec<crate::loader::Off>,
     /// Network namespaces where the O(1) no-conflict path is on (`udpguard run` turns it on).
     pub fast_path_namespaces: Option<usize>,
     /// Each link pin and whether it is "attached", "removed" (by someone else: its program
@@ -150,7 +160,10 @@ fn describe(
         counters: BTreeMap::new(),
         claims: None,
         tables: None,
+        kernel_mode: None,
+        kernel_mode_forced: false,
         degraded: Vec::new(),
+        off: Vec::new(),
         fast_path_namespaces: None,
         links: BTreeMap::new(),
         error: None,
@@ -172,7 +185,9 @@ fn describe(
             status.programs = Programs { connect4, connect6 };
             status.matches_binary = attachment.matches_binary();
             status.attached_at = Some(attachment.meta.attached_at);
-            if let Ok(table) = attachment.claim_table(false) {
+            if attachment.features().claims()
+                && let Ok(table) = attachment.claim_table(false)
+            {
                 status.claims = Some(table.count());
                 status.tables = attachment.sizes().map(|sizes| Tables {
                     claim_capacity: table.capacity(),
@@ -181,7 +196,11 @@ fn describe(
                     memory_bytes: sizes.bytes(),
                 });
             }
-            status.degraded = attachment.features().missing();
+            let features = attachment.features();
+            status.kernel_mode = Some(features.mode());
+            status.kernel_mode_forced = features.forced_compat();
+            status.degraded = features.missing();
+            status.off = features.off();
             status.fast_path_namespaces =
                 crate::fastpath::NamespaceTable::open(&status.pin_dir, false)
                     .ok()

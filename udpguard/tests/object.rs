@@ -35,3 +35,45 @@ fn the_shipped_object_holds_no_benchmark_program() {
     );
     assert_eq!(names.len(), program_names::ALL.len(), "{names:?}");
 }
+
+/// The older-kernel build (`udpguard_conn4b`/`6b`, and the watch programs) must load on Linux
+/// 5.10, whose verifier refuses the atomic fetch operations (`BPF_CMPXCHG`, `BPF_XCHG`, fetch
+/// adds: Linux 5.12) even in code no path reaches. A plain atomic add (`lock +=`) is fine.
+#[test]
+fn the_older_kernel_programs_hold_no_atomic_fetch_operation() {
+    use object::{ObjectSection as _, SymbolKind};
+    let elf = object::File::parse(OBJECT).unwrap();
+    let fetch_atomics = |name: &str| -> usize {
+        let symbol = elf
+            .symbols()
+            .find(|s| s.name() == Ok(name) && s.kind() == SymbolKind::Text)
+            .unwrap_or_else(|| panic!("no function {name} in the object"));
+        let section = elf
+            .section_by_index(symbol.section_index().unwrap())
+            .unwrap();
+        let data = section.data().unwrap();
+        let start = (symbol.address() - section.address()) as usize;
+        let code = &data[start..start + symbol.size() as usize];
+        code.chunks_exact(8)
+            .filter(|insn| {
+                // BPF_STX | BPF_ATOMIC with a word or double word; imm 0 is the plain add.
+                let atomic = insn[0] == 0xdb || insn[0] == 0xc3;
+                atomic && i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]) != 0
+            })
+            .count()
+    };
+    for name in [
+        program_names::CONNECT4_BASIC,
+        program_names::CONNECT6_BASIC,
+        program_names::WATCH4,
+        program_names::WATCH6,
+    ] {
+        assert_eq!(
+            fetch_atomics(name),
+            0,
+            "{name} uses atomic fetch operations"
+        );
+    }
+    // The check sees them where they are: the claims' builds are made of them.
+    assert!(fetch_atomics(program_names::CONNECT4_PLAIN) > 0);
+}

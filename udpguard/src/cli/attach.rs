@@ -69,7 +69,6 @@ pub fn run(args: &Args) -> ExitCode {
         .features
         .missing()
         .into_iter()
-        .map(String::from)
         .chain(attached.notes.iter().cloned())
         .collect();
     if args.json {
@@ -112,6 +111,9 @@ pub fn run(args: &Args) -> ExitCode {
             sizes.records,
             tables::human_bytes(sizes.bytes())
         );
+    }
+    if !attached.features.missing().is_empty() {
+        println!("  kernel mode: {}", attached.features.mode());
     }
     for note in &notes {
         println!("  note: {note}");

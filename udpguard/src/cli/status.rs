@@ -113,7 +113,11 @@ fn text(status: &Status) -> String {
             count(Counter::Rejected),
             count(Counter::Audited),
             count(Counter::Raced),
-            a.claims.map_or_else(|| "?".into(), |n| n.to_string()),
+            match (a.claims, a.kernel_mode) {
+                (Some(n), _) => n.to_string(),
+                (None, Some("compat")) => "(no claims: compat mode)".into(),
+                (None, _) => "?".into(),
+            },
             count(Counter::EventsLost),
         );
         if let Some(t) = &a.tables {
@@ -127,13 +131,23 @@ fn text(status: &Status) -> String {
                 udpguard::tables::human_bytes(t.memory_bytes)
             );
         }
-        let _ = writeln!(
-            out,
-            "  claims taken over {}  evicted for room {}  unrecorded {}",
-            count(Counter::StaleClaims),
-            count(Counter::Evicted),
-            count(Counter::Unrecorded)
-        );
+        if a.kernel_mode != Some("compat") {
+            let _ = writeln!(
+                out,
+                "  claims taken over {}  evicted for room {}  unrecorded {}",
+                count(Counter::StaleClaims),
+                count(Counter::Evicted),
+                count(Counter::Unrecorded)
+            );
+        }
+        if let Some(mode) = a.kernel_mode {
+            let forced = if a.kernel_mode_forced {
+                " (forced by UDPGUARD_FORCE_COMPAT=1)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  kernel mode: {mode}{forced}");
+        }
         for off in &a.degraded {
             let _ = writeln!(out, "  degraded: {off}");
         }
