@@ -263,20 +263,24 @@ pub fn claim(
             }
             _ => break,
         };
-        let Some(order) = order else { continue };
-        // A racer that saw another way free may hold the tag elsewhere: of two such, at least
-        // one sees the other (each looks after its swap) and backs off.
-        if claimed_elsewhere(primary, spill, room.bucket, room.way, tag) {
-            free(room.bucket, room.way);
-            // Both may see each other and back off. The one that still sees the other's claim
-            // after letting go of its own loses to it; one that sees none goes ahead
-            // unrecorded (fail open, counted) rather than leave the tuple with every racer
-            // refused. Both seeing none lets a duplicate by, counted `unrecorded`.
-            if find(primary, spill, tag).kind == CLAIM {
+        let Some(order) = order else {
+            // Lost the way to a racer of the same tuple: its claim stands there now. Taking
+            // the next free way instead would make two claims that each see the other.
+            // SAFETY: a pointer into the table.
+            if unsafe { ptr::read_volatile(room.bucket.tag(room.way)) } == tag {
                 return Claimed::Lost;
             }
-            fastpath::note_unindexed(key.netns_cookie);
-            return Claimed::Unrecorded;
+            continue;
+        };
+        // A racer that saw another way free may hold the tag elsewhere. Of two such claims
+        // the one at the lower place (the primary bucket before the spill, then the lower
+        // way) stands: the other backs off when it sees it. The later of two swaps always sees
+        // the earlier, and the earlier takes the lower free way, so neither both stand nor
+        // both back off, unless a way below was freed between their two looks (then both
+        // stand: a duplicate, never a refusal of every racer).
+        if claimed_below(primary, room.bucket, room.way, tag) {
+            free(room.bucket, room.way);
+            return Claimed::Lost;
         }
         remember(record, room.bucket, room.way, order, &mine, indexed);
         return Claimed::Ours { recorded };
@@ -494,23 +498,22 @@ fn publish(slot: *mut ClaimSlot, mine: &ClaimSlot, now: u64) -> u64 {
 
 /// True when a way other than the caller's (`bucket`, `way`) holds `tag`, in the tag's
 /// primary or, if that has spilled, its spill bucket.
+/// True when another way at a lower place than the caller's (`bucket`, `way`) holds `tag`:
+/// the primary bucket's ways come before the spill bucket's, then by way.
 #[inline(always)]
-fn claimed_elsewhere(primary: Bucket, spill: Bucket, bucket: Bucket, way: usize, tag: u64) -> bool {
-    let mut found = held_elsewhere_in(primary, bucket.index, way, tag);
-    // SAFETY: a pointer into the table.
-    if unsafe { ptr::read_volatile(primary.spilled()) } != 0 {
-        found |= held_elsewhere_in(spill, bucket.index, way, tag);
-    }
-    found
-}
-
-#[inline(always)]
-fn held_elsewhere_in(bucket: Bucket, mine: u32, mine_way: usize, tag: u64) -> bool {
+fn claimed_below(primary: Bucket, bucket: Bucket, way: usize, tag: u64) -> bool {
+    let in_spill = bucket.index != primary.index;
     let mut found = false;
-    for way in 0..CLAIM_WAYS {
-        let other = bucket.index != mine || way != mine_way;
+    for other in 0..CLAIM_WAYS {
+        let below = in_spill || other < way;
         // SAFETY: a pointer into the table.
-        found |= other && unsafe { ptr::read_volatile(bucket.tag(way)) } == tag;
+        found |= below && unsafe { ptr::read_volatile(primary.tag(other)) } == tag;
+    }
+    if in_spill {
+        for other in 0..CLAIM_WAYS {
+            // SAFETY: a pointer into the table.
+            found |= other < way && unsafe { ptr::read_volatile(bucket.tag(other)) } == tag;
+        }
     }
     found
 }
