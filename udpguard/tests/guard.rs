@@ -171,6 +171,30 @@ fn the_quic_server_pattern_works() {
     assert_eq!(got, ["{'ok'}", "EPERM", "ok", "{'ok'}", "EPERM", "ok"]);
 }
 
+/// As a QUIC server with SO_REUSEPORT runs it: clients arrive and leave on the listener's port,
+/// each connected to its own peer, and a duplicate is still refused. (With clients connecting
+/// concurrently from two processes the kernel's lookup answered with a group member connected
+/// to another peer: `benches/quic_shape` reproduces that; this sequential form does not.)
+#[test]
+fn reuseport_clients_coming_and_going_are_never_refused() {
+    let sb = Sandbox::new("quic-reuseport");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        listener = udp(bind=("127.0.0.1", 4433), reuseport=True)
+        live, refused = [], 0
+        for i in range(3000):
+            s = udp(bind=("127.0.0.1", 4433), reuseport=True)
+            if conn(s, ("127.0.0.2", 10000 + i)) != "ok":
+                refused += 1
+            live.append(s)
+            if len(live) > 500:
+                live.pop(0).close()
+        out(refused)
+        out(conn(udp(bind=("127.0.0.1", 4433), reuseport=True), ("127.0.0.2", 10000 + 2999)))
+        "#);
+    assert_eq!(got, ["0", "EPERM"]);
+}
+
 #[test]
 fn tcp_and_other_protocols_are_untouched() {
     let sb = Sandbox::new("tcp");
