@@ -304,7 +304,8 @@ fn processes(count: usize) -> String {
 fn remedy(goal: &str) -> String {
     if nix::unistd::Uid::effective().is_root() {
         " (refused even to root: protected processes, e.g. by a security module, \
-             or this root lacks CAP_SYS_PTRACE)"
+             or this root lacks CAP_DAC_READ_SEARCH, to list another user's /proc/<pid>/fd, \
+             or CAP_SYS_PTRACE, to read its links)"
             .to_owned()
     } else {
         format!(": run as root {goal}")
