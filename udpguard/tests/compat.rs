@@ -53,14 +53,10 @@ fn udpguard(sb: &Sandbox) -> Command {
 
 /// Runs the CLI in the older-kernel mode; fails the test unless it succeeds; returns stdout.
 fn ok(sb: &Sandbox, args: &[&str]) -> String {
-    let out = udpguard(sb).args(args).output().expect("running udpguard");
-    assert!(
-        out.status.success(),
-        "udpguard {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::succeeded(
+        args,
+        udpguard(sb).args(args).output().expect("running udpguard"),
+    )
 }
 
 /// `udpguard attach --cgroup <the sandbox's>` in the older-kernel mode; returns what it said.

@@ -20,6 +20,17 @@ impl Deref for Sandbox {
     }
 }
 
+/// The stdout of a CLI run (`args`), failing the test with both outputs unless it succeeded.
+pub fn succeeded(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "udpguard {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Fails the test with a clear message unless it runs as root: these tests load BPF.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -54,14 +65,7 @@ impl Sandbox {
 
     /// Runs the udpguard CLI and fails the test unless it succeeds; returns stdout.
     pub fn udpguard_ok(&self, args: &[&str]) -> String {
-        let out = self.udpguard(args);
-        assert!(
-            out.status.success(),
-            "udpguard {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        succeeded(args, self.udpguard(args))
     }
 
     /// `udpguard attach --cgroup <ours>` plus `extra`.
