@@ -8,7 +8,10 @@ mod common;
 use std::{
     io::{BufRead as _, BufReader, Read},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    sync::{
+        LazyLock,
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,8 +20,15 @@ use serde_json::{Value, json};
 
 const SOCKETS_PY: &str = include_str!("common/sockets.py");
 
-/// How long to wait for a line or an exit before failing: generous, machines are noisy.
-const PATIENCE: Duration = Duration::from_secs(30);
+/// How long to wait for a line or an exit before failing: generous, machines are noisy. 30 s,
+/// or `UDPGUARD_TEST_PATIENCE` seconds (the kernel matrix's emulated guests are ~10x slower).
+static PATIENCE: LazyLock<Duration> = LazyLock::new(|| {
+    let secs = std::env::var("UDPGUARD_TEST_PATIENCE").map_or(30, |s| {
+        s.parse()
+            .unwrap_or_else(|_| panic!("UDPGUARD_TEST_PATIENCE={s:?} is not a number of seconds"))
+    });
+    Duration::from_secs(secs)
+});
 
 /// A child process killed (and reaped) when dropped; its output lines arrive on channels.
 struct Running {
@@ -53,10 +63,11 @@ impl Running {
 
     /// The next stdout line, waiting at most [`PATIENCE`].
     fn line(&mut self) -> String {
-        self.next_from(true, PATIENCE).unwrap_or_else(|| {
+        self.next_from(true, *PATIENCE).unwrap_or_else(|| {
             panic!(
-                "{} printed no line in {PATIENCE:?}; so far:\n{}",
+                "{} printed no line in {:?}; so far:\n{}",
                 self.name,
+                *PATIENCE,
                 self.seen.join("\n")
             )
         })
@@ -70,7 +81,7 @@ impl Running {
 
     /// Waits for a stderr line containing `text` and returns it.
     fn log_containing(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + *PATIENCE;
         while let Some(line) =
             self.next_from(false, deadline.saturating_duration_since(Instant::now()))
         {
@@ -101,7 +112,7 @@ impl Running {
     fn stop_with(&mut self, signal: libc::c_int) -> i32 {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + *PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 // Keep what it printed last for failure messages.
@@ -116,8 +127,9 @@ impl Running {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not exit within {PATIENCE:?} of signal {signal}:\n{}",
+                "{} did not exit within {:?} of signal {signal}:\n{}",
                 self.name,
+                *PATIENCE,
                 self.seen.join("\n")
             );
             std::thread::sleep(Duration::from_millis(50));
