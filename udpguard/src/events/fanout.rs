@@ -91,9 +91,7 @@ impl Rendezvous {
                 }));
             }
             if let Ok(stream) = UnixStream::connect(&self.socket).await {
-                return Ok(Role::Subscriber(Subscriber {
-                    stream: BufReader::with_capacity(1 << 20, stream),
-                }));
+                return Ok(Role::Subscriber(Subscriber::over(stream)));
             }
             // The consumer is between taking the lock and serving, or going.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -186,13 +184,7 @@ impl Consumer {
         if events.is_empty() || self.subscribers.is_empty() {
             return;
         }
-        let mut payload = Vec::with_capacity(4 + events.iter().map(|e| 4 + e.len()).sum::<usize>());
-        payload.extend_from_slice(&(events.len() as u32).to_ne_bytes());
-        for event in events {
-            payload.extend_from_slice(&(event.len() as u32).to_ne_bytes());
-            payload.extend_from_slice(event);
-        }
-        let frame = Arc::new(frame_of(EVENTS, &payload));
+        let frame = Arc::new(frame_of(EVENTS, &batch_payload(events)));
         for queue in &self.subscribers {
             let n = events.len();
             if queue.queued.load(Ordering::Relaxed) + n > QUEUE
@@ -206,9 +198,11 @@ impl Consumer {
     }
 }
 
-/// A reader served by the consumer.
+/// A reader served by the consumer. The socket is read by a task of its own: `next` is
+/// awaited in a select! beside timers, and a frame read cut off half-way (reading is not
+/// cancel-safe) would put every later frame out of step. A channel's receive is cancel-safe.
 pub struct Subscriber {
-    stream: BufReader<UnixStream>,
+    received: mpsc::Receiver<Received>,
 }
 
 /// What a subscriber receives.
@@ -221,22 +215,43 @@ pub enum Received {
 }
 
 impl Subscriber {
-    pub async fn next(&mut self) -> Received {
-        let mut head = [0u8; 5];
-        if self.stream.read_exact(&mut head).await.is_err() {
-            return Received::Ended;
-        }
-        let len = u32::from_ne_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0; len];
-        if self.stream.read_exact(&mut body).await.is_err() {
-            return Received::Ended;
-        }
-        match head[0] {
-            DROPPED if len == 8 => {
-                Received::Dropped(u64::from_ne_bytes(body.try_into().expect("eight bytes")))
+    fn over(stream: UnixStream) -> Subscriber {
+        // A few frames ahead at most: a slow subscriber's backlog stays in the consumer's
+        // counted queue.
+        let (tx, received) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut stream = BufReader::with_capacity(1 << 20, stream);
+            loop {
+                let next = read_frame(&mut stream).await;
+                let ended = matches!(next, Received::Ended);
+                if tx.send(next).await.is_err() || ended {
+                    return;
+                }
             }
-            _ => Received::Events(split_batch(&body)),
+        });
+        Subscriber { received }
+    }
+
+    pub async fn next(&mut self) -> Received {
+        self.received.recv().await.unwrap_or(Received::Ended)
+    }
+}
+
+async fn read_frame(stream: &mut BufReader<UnixStream>) -> Received {
+    let mut head = [0u8; 5];
+    if stream.read_exact(&mut head).await.is_err() {
+        return Received::Ended;
+    }
+    let len = u32::from_ne_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0; len];
+    if stream.read_exact(&mut body).await.is_err() {
+        return Received::Ended;
+    }
+    match head[0] {
+        DROPPED if len == 8 => {
+            Received::Dropped(u64::from_ne_bytes(body.try_into().expect("eight bytes")))
         }
+        _ => Received::Events(split_batch(&body)),
     }
 }
 
@@ -246,6 +261,17 @@ fn frame_of(kind: u8, payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&(payload.len() as u32).to_ne_bytes());
     frame.extend_from_slice(payload);
     frame
+}
+
+/// A batch's payload: a u32 count, then each event as a u32 length and its bytes.
+fn batch_payload(events: &[Vec<u8>]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(4 + events.iter().map(|e| 4 + e.len()).sum::<usize>());
+    payload.extend_from_slice(&(events.len() as u32).to_ne_bytes());
+    for event in events {
+        payload.extend_from_slice(&(event.len() as u32).to_ne_bytes());
+        payload.extend_from_slice(event);
+    }
+    payload
 }
 
 /// The events of a batch's payload (a malformed one: those before the fault).
@@ -277,11 +303,7 @@ mod tests {
     #[test]
     fn a_batch_splits_back_into_its_events() {
         let events = vec![vec![1u8, 2, 3], vec![], vec![9; 100]];
-        let mut payload = (events.len() as u32).to_ne_bytes().to_vec();
-        for e in &events {
-            payload.extend_from_slice(&(e.len() as u32).to_ne_bytes());
-            payload.extend_from_slice(e);
-        }
+        let payload = batch_payload(&events);
         assert_eq!(split_batch(&payload), events);
         assert_eq!(
             split_batch(&payload[..11]).len(),
@@ -290,5 +312,42 @@ mod tests {
         );
         assert!(split_batch(&payload[..10]).is_empty());
         assert!(split_batch(&[]).is_empty());
+    }
+
+    /// The stream reader waits in a select! beside a timer and the shutdown signal: a read
+    /// cut off in the middle of a frame must not lose its bytes (which would put every later
+    /// frame out of step: a flood's batches are hundreds of KiB, so this happened under load).
+    #[tokio::test]
+    async fn a_subscriber_interrupted_in_the_middle_of_a_frame_loses_nothing() {
+        const BATCHES: usize = 40;
+        let (mut consumer, subscriber) = UnixStream::pair().unwrap();
+        let mut subscriber = Subscriber::over(subscriber);
+        tokio::spawn(async move {
+            for i in 0..BATCHES {
+                let frame = frame_of(EVENTS, &batch_payload(&vec![vec![i as u8; 1000]; 200]));
+                for chunk in frame.chunks(4096) {
+                    consumer.write_all(chunk).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let mut got = 0;
+        while got < BATCHES {
+            tokio::select! {
+                received = subscriber.next() => match received {
+                    Received::Events(events) => {
+                        assert!(
+                            events == vec![vec![got as u8; 1000]; 200],
+                            "batch {got} came out as {} events",
+                            events.len()
+                        );
+                        got += 1;
+                    }
+                    Received::Dropped(_) => panic!("batch {got}: a loss that did not happen"),
+                    Received::Ended => panic!("batch {got}: the stream ended early"),
+                },
+                () = tokio::time::sleep(Duration::from_micros(50)) => {}
+            }
+        }
     }
 }

@@ -130,7 +130,7 @@ fn flood_key(conflict: &Conflict) -> FloodKey {
 enum Feed {
     Ring {
         consumer: Consumer,
-        ring: AsyncFd<RingBuf<MapData>>,
+        ring: Box<AsyncFd<RingBuf<MapData>>>,
     },
     Socket(Subscriber),
 }
@@ -152,7 +152,7 @@ impl Feed {
                 tracing::info!("reading the events from the kernel (and serving other readers)");
                 Feed::Ring {
                     consumer,
-                    ring: open_ring(dir)?,
+                    ring: Box::new(open_ring(dir)?),
                 }
             }
             Role::Subscriber(subscriber) => {
@@ -197,7 +197,7 @@ impl Feed {
     /// Follows the ring of the attachment that replaced the one in `dir`.
     fn reopen(&mut self, dir: &Path) -> anyhow::Result<()> {
         if let Feed::Ring { ring, .. } = self {
-            *ring = open_ring(dir)?;
+            **ring = open_ring(dir)?;
         }
         Ok(())
     }
