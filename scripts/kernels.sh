@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Fetches and unpacks the Debian kernels the matrix boots (idempotent, cached).
 #
-#   scripts/kernels.sh 6.1|6.12|5.10 ...   prints "<name> <path to vmlinuz>" per kernel
+#   scripts/kernels.sh 6.1|6.12|5.10 ...   prints "<name> <path to vmlinuz> <modules dir>" per kernel
 #
 # Cache: $UDPGUARD_KERNEL_CACHE (default /var/cache/udpguard-kernels), one directory per kernel
 # release (e.g. 6.1.0-57-amd64/) holding the unpacked .deb: boot/vmlinuz-<release> and
-# lib/modules/<release>/, which is where virtme-ng looks for the modules. A kernel already
-# unpacked there is used as is, without asking apt.
+# lib/modules/<release>/ with the modules.dep that depmod makes here (the .deb ships none: its
+# postinst makes it). A kernel already unpacked there is used as is, without asking apt.
+# A guest sees the modules only when they are shared with it: vng mounts a tmpfs over
+# /var/cache, so pass `--rodir=<modules dir>` (its /lib/modules/<release> links there), and
+# vng then needs busybox-static for the initramfs that loads virtio's modules.
 #   6.1  Debian 12's kernel, default apt sources (linux-image-6.1.0-N-amd64)
 #   6.12 Debian 12's newer kernel, default apt sources (bookworm-security's linux-image-6.12.N+deb12-amd64)
 #   5.10 Debian 11's kernel, from a bullseye sources list of our own (apt state kept in the cache,
@@ -89,5 +92,14 @@ for want in "$@"; do
     fi
     dir=$(fetch "$opts" "$pat")
   fi
-  echo "$want $(ls "$dir"/boot/vmlinuz-* | head -n1)"
+  vmlinuz=$(ls "$dir"/boot/vmlinuz-* | head -n1)
+  release=${vmlinuz##*/vmlinuz-}
+  moddir=$dir/lib/modules/$release
+  # Without modules.dep modprobe finds nothing in the guest (udp_diag: holders, scan, the fast
+  # path). vng's own depmod writes into a temporary copy.
+  if [ ! -s "$moddir/modules.dep" ]; then
+    say "depmod for $release"
+    depmod -a -b "$dir" "$release"
+  fi
+  echo "$want $vmlinuz $moddir"
 done

@@ -103,8 +103,10 @@ fi
 
 # The kernel matrix and the systemd guest (scripts/test-kernels.sh, scripts/test-systemd.sh):
 # QEMU (software emulation: this machine's KVM is PVM), udev (the guest's virtio console), kmod
-# (virtme-ng runs depmod), mmdebstrap (the bookworm rootfs), jq, and virtme-ng from PyPI.
-vm_pkgs=(qemu-system-x86 udev kmod mmdebstrap jq)
+# (depmod for the kernels' modules), busybox-static (virtme-ng's initramfs, which loads the
+# modules of a kernel that has them: udp_diag), mmdebstrap (the bookworm rootfs), jq, and
+# virtme-ng from PyPI.
+vm_pkgs=(qemu-system-x86 udev kmod busybox-static mmdebstrap jq)
 vm_missing=()
 for p in "${vm_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vm_missing+=("$p")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs tests/compat.rs (the older-kernel mode) inside Debian 11's 5.10 kernel, booted with
 # virtme-ng under QEMU's software emulation (this machine's /dev/kvm hangs stock kernels).
-# Needs root, virtme-ng (pip), qemu-system-x86 and udev (apt). The kernel is downloaded once
-# into /var/cache/udpguard-kernels/5.10/ (shared with the kernel matrix). About 10 minutes.
+# Needs root and what scripts/setup.sh installs (virtme-ng, qemu-system-x86, udev,
+# busybox-static). The kernel comes from scripts/kernels.sh (cached, shared with the matrix).
 # Prints one closing line: "compat on 5.10: PASS|FAIL (...)".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,20 +13,7 @@ for tool in vng qemu-system-x86_64; do
   command -v "$tool" >/dev/null || { say "$tool missing: pip install virtme-ng; apt-get install qemu-system-x86 udev"; exit 1; }
 done
 
-cache=/var/cache/udpguard-kernels/5.10
-vmlinuz=$(ls "$cache"/root/boot/vmlinuz-5.10.* 2>/dev/null | head -1 || true)
-if [ -z "$vmlinuz" ]; then
-  say "downloading Debian 11's 5.10 kernel into $cache"
-  apt_dir=$(mktemp -d)
-  mkdir -p "$cache" "$apt_dir/lists/partial"
-  printf 'deb http://deb.debian.org/debian bullseye main\ndeb http://deb.debian.org/debian-security bullseye-security main\n' >"$apt_dir/bullseye.list"
-  apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/bullseye.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$apt_dir/lists")
-  apt-get "${apt_opts[@]}" update -qq
-  pkg=$(apt-cache "${apt_opts[@]}" search '^linux-image-5\.10\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -1)
-  (cd "$cache" && apt-get "${apt_opts[@]}" download "$pkg" && dpkg -x "$cache"/linux-image-5.10*.deb "$cache/root")
-  rm -rf "$apt_dir"
-  vmlinuz=$(ls "$cache"/root/boot/vmlinuz-5.10.* | head -1)
-fi
+read -r _ vmlinuz moddir < <(bash scripts/kernels.sh 5.10)
 
 say "building the compat test binary"
 bin=$(cargo test -p udpguard --test compat --no-run --message-format=json 2>/dev/null |
@@ -47,6 +34,7 @@ exec >"$out/guest.log" 2>&1
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 grep -q cgroup2 /proc/self/mounts || { mkdir -p /sys/fs/cgroup; mount -t cgroup2 none /sys/fs/cgroup; }
 ip link set lo up
+modprobe -q -a inet_diag udp_diag || true
 mkdir -p /run/netns
 export PATH=$(dirname "$python"):\$PATH
 uname -r
@@ -56,7 +44,7 @@ EOF
 chmod +x "$out/guest.sh"
 say "booting $(basename "$vmlinuz") (the log: $out/guest.log)"
 timeout 1800 vng --disable-kvm --force-9p --run "$vmlinuz" --memory 2G --cpus 2 \
-  --rwdir="$out" --exec "$out/guest.sh" >"$out/vng.log" 2>&1 || true
+  --rodir="$moddir" --rwdir="$out" --exec "$out/guest.sh" >"$out/vng.log" 2>&1 || true
 summary=$(grep '^test result:' "$out/guest.log" | tail -1 || true)
 if [ "$(cat "$out/rc" 2>/dev/null)" = "rc=0" ]; then
   echo "compat on 5.10: PASS (${summary:-?})"

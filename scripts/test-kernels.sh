@@ -82,7 +82,7 @@ for spec in "${kernels[@]}"; do
       *) sel=all ;;
     esac
   fi
-  read -r _ vmlinuz < <(bash scripts/kernels.sh "$k")
+  read -r _ vmlinuz moddir < <(bash scripts/kernels.sh "$k")
   release=${vmlinuz##*/vmlinuz-}
   out=$outroot/$release
   rm -rf "$out"
@@ -102,7 +102,7 @@ for spec in "${kernels[@]}"; do
   start=$(date +%s)
   rc=0
   timeout --kill-after=30 "$timeout_guest" vng --force-9p --disable-kvm --run "$vmlinuz" --memory 4G --cpus 2 \
-    --rwdir="$out" --exec "bash $root/scripts/test-kernels-guest.sh $out" > "$out/console.log" 2>&1 < /dev/null || rc=$?
+    --rodir="$moddir" --rwdir="$out" --exec "bash $root/scripts/test-kernels-guest.sh $out" > "$out/console.log" 2>&1 < /dev/null || rc=$?
   secs=$(($(date +%s) - start))
   if [ -s "$out/summary" ]; then
     read -r p f < "$out/summary"

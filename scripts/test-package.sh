@@ -92,11 +92,14 @@ done
 # 4. A throwaway Debian 12 root: made once (about 4 minutes), then unpacked from the cache.
 cache=/var/cache/udpguard-test-package
 tarball="$cache/bookworm-minbase-man-lintian.tar"
-if [ ! -s "$tarball" ]; then
+if [ ! -f "$tarball" ] || [ ! -s "$tarball" ]; then
   say "making the Debian 12 root for the install test (cached in $cache)"
   mkdir -p "$cache"
-  mmdebstrap --quiet --variant=minbase --include=man-db,lintian bookworm "$tarball.tmp" \
-    http://deb.debian.org/debian
+  # --format=tar: mmdebstrap picks the format from the name's extension, and "*.tmp" would
+  # make a directory (which the mv below would then put where the tarball belongs).
+  rm -rf "$tarball.tmp" "$tarball"
+  mmdebstrap --quiet --format=tar --variant=minbase --include=man-db,lintian bookworm \
+    "$tarball.tmp" http://deb.debian.org/debian
   mv "$tarball.tmp" "$tarball"
 fi
 mkdir "$root"

@@ -38,7 +38,7 @@ if [ ! -x "$base/lib/systemd/systemd" ]; then
     bookworm "$base.tmp" >&2
   mv "$base.tmp" "$base"
 fi
-read -r _ vmlinuz < <(bash scripts/kernels.sh 6.1)
+read -r _ vmlinuz moddir < <(bash scripts/kernels.sh 6.1)
 release=${vmlinuz##*/vmlinuz-}
 
 if [ -z "${UDPGUARD_DEB:-}" ]; then
@@ -90,7 +90,15 @@ EOF
 ln -sf /etc/systemd/system/udpguard-check.service "$r/etc/systemd/system/multi-user.target.wants/udpguard-check.service"
 echo udpguard-guest > "$r/etc/hostname"
 # Holders and the fast path list UDP sockets over sock_diag (the udp_diag module). A Debian host
-# autoloads it on first use; this guest does not autoload modules, so load it at boot.
+# autoloads it on first use; this guest does not autoload modules, so load it at boot, from the
+# rootfs's own /lib/modules (vng's --root mode shares no modules): the diag modules alone.
+for m in inet_diag udp_diag; do
+  ko=$(cd "$moddir" && find kernel -name "$m.ko*" | head -n1)
+  [ -n "$ko" ] || { say "no $m module in $moddir"; exit 1; }
+  install -D -m 0644 "$moddir/$ko" "$r/lib/modules/$release/$ko"
+done
+cp "$moddir"/modules.builtin* "$moddir/modules.order" "$r/lib/modules/$release/"
+depmod -a -b "$r" "$release"
 echo udp_diag > "$r/etc/modules-load.d/udpguard-check.conf"
 rm -f "$r/udpguard-check.result"
 
