@@ -54,11 +54,18 @@ pub enum Counter {
     /// An older claim of another tuple dropped to make room (its buckets full): that tuple's
     /// namespace loses the fast path until the agent seeds it again; nothing is refused.
     Evicted = 16,
+    /// Nothing to check: the socket has neither SO_REUSEADDR nor SO_REUSEPORT, so the kernel
+    /// let no other socket bind its address and port (sharing one takes both sockets having a
+    /// reuse option when the second binds), and no other can hold its 4-tuple. Not a reason
+    /// the guard failed to check: most client sockets (a resolver's upstream queries) are
+    /// these. The one way around it, not seen here: a socket that cleared its option after
+    /// binding a shared port (see the limits in docs/decision.md).
+    Unshared = 17,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::Checked,
         Counter::Rejected,
         Counter::Audited,
@@ -76,6 +83,7 @@ impl Counter {
         Counter::DeviceBound,
         Counter::Unrecorded,
         Counter::Evicted,
+        Counter::Unshared,
     ];
 
     /// The counter's name in `status` and metrics.
@@ -98,6 +106,7 @@ impl Counter {
             Counter::DeviceBound => "device_bound",
             Counter::Unrecorded => "unrecorded",
             Counter::Evicted => "evicted",
+            Counter::Unshared => "unshared",
         }
     }
 

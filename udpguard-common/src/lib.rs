@@ -24,8 +24,11 @@ pub use counters::{COUNTER_SLOTS, Counter, Counters};
 pub use events::{ConflictEvent, action};
 pub use meta::AttachMeta;
 pub use names::{map_names, program_names};
-pub use namespaces::{INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot};
-pub use records::SocketRecord;
+pub use namespaces::{
+    INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, UNSHARED_PORT_WORDS, namespace_slot,
+    unshared_port_bit,
+};
+pub use records::{BIRTH_SLOTS, Birth, SocketRecord, birth_slot};
 pub use routes::{
     AGENT_TIMEOUT_NS, AgentState, NetnsEvent, ROUTE_MODELED, Route4, Route6, netns_state,
     route_key4, route_key6,

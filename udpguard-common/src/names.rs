@@ -16,6 +16,8 @@ pub mod map_names {
     pub const CLAIMS: &str = "CLAIMS";
     /// Array of [`crate::SocketRecord`]s, sized at load time.
     pub const RECORDS: &str = "RECORDS";
+    /// Array of [`crate::Birth`]s, [`crate::BIRTH_SLOTS`] of them, direct-mapped by cookie.
+    pub const BIRTHS: &str = "BIRTHS";
     /// LPM trie: (netns cookie, IPv4 destination prefix) -> [`crate::Route4`], kept by the agent.
     pub const ROUTES4: &str = "ROUTES4";
     /// LPM trie: (netns cookie, IPv6 destination prefix) -> [`crate::Route6`].
@@ -29,25 +31,30 @@ pub mod map_names {
     /// Array of [`crate::NamespaceIndex`]es (memory-mappable), one per
     /// [`crate::namespace_slot`].
     pub const NAMESPACES: &str = "NAMESPACES";
+    /// Bitmap (an array of `u64`): the local ports unshared sockets connected from, per chunk
+    /// of namespaces (see [`crate::unshared_port_bit`]).
+    pub const UNSHARED_PORTS: &str = "UNSHARED_PORTS";
     /// Per-CPU array of one socket cookie: the last connect the guard's programs saw on this
     /// CPU, for the watch program on an ancestor cgroup.
     pub const SEEN: &str = "SEEN";
 }
 
 /// Every map an attachment pins, and the name of its pin in the attachment's directory.
-pub const MAP_PINS: [(&str, &str); 13] = [
+pub const MAP_PINS: [(&str, &str); 15] = [
     (map_names::CONFIG, "config"),
     (map_names::COUNTERS, "counters"),
     (map_names::META, "meta"),
     (map_names::EVENTS, "events"),
     (map_names::CLAIMS, "claims"),
     (map_names::RECORDS, "records"),
+    (map_names::BIRTHS, "births"),
     (map_names::ROUTES4, "routes4"),
     (map_names::ROUTES6, "routes6"),
     (map_names::NETNS, "netns"),
     (map_names::AGENT, "agent"),
     (map_names::NETNS_EVENTS, "netns_events"),
     (map_names::NAMESPACES, "namespaces"),
+    (map_names::UNSHARED_PORTS, "unshared_ports"),
     (map_names::SEEN, "seen"),
 ];
 

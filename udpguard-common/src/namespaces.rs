@@ -20,6 +20,22 @@ pub const fn namespace_slot(netns_cookie: u64) -> u32 {
     netns_cookie as u32 & (NAMESPACE_SLOTS - 1)
 }
 
+/// Chunks of the `UNSHARED_PORTS` bitmap, one per group of namespace slots: 65,536 bits (8 KiB)
+/// each, one per port, so the ports of a namespace share a few cache lines.
+pub const UNSHARED_PORT_CHUNKS: u32 = 16;
+
+/// Words (`u64`) in the `UNSHARED_PORTS` bitmap (128 KiB).
+pub const UNSHARED_PORT_WORDS: u32 = UNSHARED_PORT_CHUNKS * (65536 / 64);
+
+/// Where the `UNSHARED_PORTS` bitmap keeps a local port of a namespace: its word and its bit.
+/// Namespaces in one chunk share their ports' bits (a bit set for one makes the others look the
+/// port up: slower, never wrong).
+#[inline(always)]
+pub const fn unshared_port_bit(netns_cookie: u64, port: u16) -> (u32, u64) {
+    let chunk = namespace_slot(netns_cookie) & (UNSHARED_PORT_CHUNKS - 1);
+    (chunk * 1024 + (port as u32 >> 6), 1 << (port & 63))
+}
+
 /// How long, in seconds, the agent's word for a namespace lasts unless renewed (it renews
 /// every second): if the agent dies, nobody seeds or sweeps, so the fast path turns itself off.
 pub const INDEX_LEASE_SECS: u64 = 10;
@@ -97,5 +113,23 @@ mod tests {
         assert!(!off.complete_for(4097, 2_000));
         assert_eq!(namespace_slot(4097), namespace_slot(1));
         assert_eq!(core::mem::size_of::<NamespaceIndex>(), 64);
+    }
+
+    #[test]
+    fn every_port_of_a_namespace_has_its_own_bit_in_its_chunk() {
+        extern crate std;
+        let mut seen = std::collections::HashSet::new();
+        for port in 0..=u16::MAX {
+            let (word, bit) = unshared_port_bit(4097, port);
+            assert!(word < UNSHARED_PORT_WORDS);
+            assert_eq!(bit.count_ones(), 1);
+            assert!(seen.insert((word, bit)), "port {port}");
+        }
+        let chunk = |cookie| unshared_port_bit(cookie, 0).0 / 1024;
+        assert_ne!(
+            chunk(1),
+            chunk(2),
+            "neighbouring namespaces use different chunks"
+        );
     }
 }

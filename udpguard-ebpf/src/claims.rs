@@ -22,10 +22,10 @@ use aya_ebpf::{
     btf_maps::Array,
     helpers::generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns},
     macros::btf_map,
-    programs::SockAddrContext,
 };
 use udpguard_common::{
-    CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER, SocketRecord,
+    BIRTH_SLOTS, Birth, CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER, SocketRecord,
+    birth_slot,
     claims::{
         Claimant, Contest, DISOWNED, WRITING, claim_flags, claim_ref, contest, primary_bucket,
         spill_bucket, way_of_ref,
@@ -34,7 +34,7 @@ use udpguard_common::{
     time::{FRESH_NS, fresh_at},
 };
 
-use crate::fastpath;
+use crate::{Memo, fastpath};
 
 /// The agent seeds the table through a shared mapping, with the same steps.
 const MMAPABLE: usize = aya_ebpf::bindings::BPF_F_MMAPABLE as usize;
@@ -47,6 +47,10 @@ static CLAIMS: Array<ClaimBucket, 1, MMAPABLE> = Array::new();
 /// Socket records by cookie (placeholder size, set at load time with [`RECORD_MASK`]).
 #[btf_map]
 static RECORDS: Array<SocketRecord, 1> = Array::new();
+
+/// Births of the sockets created lately, direct-mapped by cookie (see `udpguard_common::records`).
+#[btf_map]
+static BIRTHS: Array<Birth, { BIRTH_SLOTS as usize }> = Array::new();
 
 /// Buckets in `CLAIMS` less one; set by user space at load time (read-only then).
 #[unsafe(no_mangle)]
@@ -177,19 +181,13 @@ impl Found {
 /// by itself, and the agent's sweep removes it once no socket holds its tuple.
 #[inline(always)]
 pub fn claim(
-    ctx: &SockAddrContext,
+    memo: &mut Memo,
     key: &ClaimKey,
     device: u32,
     indexed: bool,
     held: impl FnOnce() -> bool,
 ) -> Claimed {
-    // SAFETY: plain helper calls on the program's own context.
-    let (me, now) = unsafe {
-        (
-            bpf_get_socket_cookie(ctx.sock_addr.cast()),
-            bpf_ktime_get_ns(),
-        )
-    };
+    let (me, now) = (memo.cookie(), memo.now());
     let tag = key.tag();
     let mask = claim_mask();
     let (Some(primary), Some(spill)) = (
@@ -198,11 +196,10 @@ pub fn claim(
     ) else {
         return Claimed::Unrecorded;
     };
-    // A socket created before the attach gets its record now (born 0: older than any claim),
-    // so its close releases what it claims.
+    // A socket's record is made at its first claim, so its close releases what it claims.
     let mut record = record_of(me);
     if record.is_null() {
-        record = make_record(me, 0, now);
+        record = make_record(me, now);
     }
     let recorded = !record.is_null();
     let mine = ClaimSlot {
@@ -220,8 +217,7 @@ pub fn claim(
             return Claimed::Ours { recorded }; // its own claim: a re-connect to the same tuple
         }
         let claimant = Claimant {
-            // SAFETY: null or this socket's own record.
-            born: unsafe { born(record) },
+            born: born_of(me),
             device,
             now,
         };
@@ -523,13 +519,19 @@ fn claimed_below(primary: Bucket, bucket: Bucket, way: usize, tag: u64) -> bool 
 fn free(bucket: Bucket, way: usize) {
     let slot = bucket.slot(way);
     // SAFETY: a pointer into the table; the caller holds the way.
+    unsafe { atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, WRITING) };
+    free_taken(bucket, way);
+}
+
+/// Frees a way whose order the caller has swapped to WRITING (so nobody else writes it, and
+/// readers see it being written): clearing its tag is all it takes, as a free way's order is
+/// WRITING and whoever wins it next writes every field before its order.
+#[inline(always)]
+fn free_taken(bucket: Bucket, way: usize) {
+    // SAFETY: a pointer into the table; with its order WRITING only its owner writes the way.
     unsafe {
-        atomic_xchg::<u64, { SeqCst }>(&raw mut (*slot).order, WRITING);
-        ptr::write_volatile(&raw mut (*slot).owner, 0);
-        ptr::write_volatile(&raw mut (*slot).netns_cookie, 0);
-        ptr::write_volatile(&raw mut (*slot).device, 0);
-        ptr::write_volatile(&raw mut (*slot).flags, 0);
-        let tag = atomic_xchg::<u64, { SeqCst }>(bucket.tag(way), 0);
+        let tag = ptr::read_volatile(bucket.tag(way));
+        ptr::write_volatile(bucket.tag(way), 0);
         spill_count(bucket, tag, u64::MAX);
     }
 }
@@ -616,7 +618,7 @@ fn disown(claim: u32, order: u64, owner: u64) {
 #[inline(always)]
 fn release(claim: u32, order: u64, owner: u64) {
     if let Some((bucket, way)) = take_own(claim, order, owner) {
-        free(bucket, way);
+        free_taken(bucket, way);
     }
 }
 
@@ -652,9 +654,10 @@ fn record_of(cookie: u64) -> *mut SocketRecord {
 }
 
 /// Gives the socket a record at the first place from its cookie that is free or reusable (see
-/// `records::reclaimable`), or null when none is.
+/// `records::reclaimable`), or null when none is. It is made as its socket claims: stamped
+/// `now`, it is not reusable while the claim is made.
 #[inline(always)]
-fn make_record(cookie: u64, born: u64, now: u64) -> *mut SocketRecord {
+fn make_record(cookie: u64, now: u64) -> *mut SocketRecord {
     let mask = record_mask();
     for probe in 0..RECORD_PROBES {
         let index = (cookie as u32).wrapping_add(probe) & mask;
@@ -665,7 +668,6 @@ fn make_record(cookie: u64, born: u64, now: u64) -> *mut SocketRecord {
         unsafe {
             let copy = SocketRecord {
                 cookie: ptr::read_volatile(&(*record).cookie),
-                born: ptr::read_volatile(&(*record).born),
                 claim_order: ptr::read_volatile(&(*record).claim_order),
                 claim: ptr::read_volatile(&(*record).claim),
                 flags: ptr::read_volatile(&(*record).flags),
@@ -675,9 +677,8 @@ fn make_record(cookie: u64, born: u64, now: u64) -> *mut SocketRecord {
             }
             let cookie_word = &raw mut (*record).cookie;
             if atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(cookie_word, copy.cookie, cookie).1 {
-                (*record).born = born;
+                (*record).claim_order = now;
                 (*record).claim = 0;
-                (*record).claim_order = 0;
                 (*record).flags = 0;
                 return record;
             }
@@ -686,24 +687,38 @@ fn make_record(cookie: u64, born: u64, now: u64) -> *mut SocketRecord {
     null_mut()
 }
 
-/// The socket's birth; 0 (older than any claim) without a record.
+/// The socket's birth; 0 (older than any claim) when it was not seen born lately.
 #[inline(always)]
-unsafe fn born(record: *mut SocketRecord) -> u64 {
-    // SAFETY: the caller passes null or the socket's own record.
-    if record.is_null() {
-        0
-    } else {
-        unsafe { (*record).born }
+fn born_of(cookie: u64) -> u64 {
+    let Some(birth) = BIRTHS.get_ptr(birth_slot(cookie)) else {
+        return 0;
+    };
+    // SAFETY: a pointer into the array. A birth overwritten between the two reads by one born
+    // BIRTH_SLOTS sockets later reads as that one's (younger): only with that many sockets
+    // created in FRESH_NS.
+    unsafe {
+        let born = ptr::read_volatile(&(*birth).born);
+        if ptr::read_volatile(&(*birth).cookie) == cookie {
+            born
+        } else {
+            0
+        }
     }
 }
 
-/// Records a new UDP socket and its birth (`ctx` is a cgroup/sock_create context). Without a
-/// free place it goes unrecorded, and counts as old.
+/// Notes a new UDP socket's birth (`ctx` is a cgroup/sock_create context): two plain stores,
+/// no atomic, no probing.
 #[inline(always)]
 pub unsafe fn stamp_birth(ctx: *mut c_void) {
     // SAFETY: plain helper calls on the program's own context.
     let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx), bpf_ktime_get_ns()) };
-    make_record(cookie, now, now);
+    if let Some(birth) = BIRTHS.get_ptr_mut(birth_slot(cookie)) {
+        // SAFETY: a pointer into the array.
+        unsafe {
+            ptr::write_volatile(&raw mut (*birth).cookie, cookie);
+            ptr::write_volatile(&raw mut (*birth).born, now);
+        }
+    }
 }
 
 /// Releases the claim of a closing socket and frees its record (`ctx` is a

@@ -35,8 +35,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_getsockopt,
-            bpf_ktime_get_boot_ns, bpf_set_retval, bpf_setsockopt, bpf_sk_lookup_udp,
-            bpf_sk_release,
+            bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_set_retval, bpf_setsockopt,
+            bpf_sk_lookup_udp, bpf_sk_release,
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map},
@@ -160,6 +160,8 @@ enum Verdict {
     NotChecked(Counter),
     /// The socket gets its port from this connect (auto-bind): see [`autobind`].
     Autobind,
+    /// The socket shares its port with nobody (no reuse option): no tuple to check.
+    Unshared { local_port: u16 },
     /// No holder seen yet; the claim decides. `looked_up`: the kernel's lookup found none;
     /// otherwise it was skipped, as the claims index every held tuple of the namespace (the
     /// fast path) and a claim of the tuple is what tells. `device`: see `ClaimSlot::device`.
@@ -218,10 +220,11 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
     ctx: &SockAddrContext,
     hook: Hook,
 ) -> i32 {
+    let mut memo = Memo::new(ctx.sock_addr);
     // SAFETY: the kernel hands a valid bpf_sock_addr whose `sk` is a full socket.
-    let verdict = unsafe { decide::<CLAIMS>(ctx.sock_addr, hook) };
+    let verdict = unsafe { decide::<CLAIMS>(ctx.sock_addr, hook, &mut memo) };
     if !matches!(verdict, Verdict::NotUdp) && watched() {
-        watch::mark(ctx);
+        watch::mark(memo.cookie());
     }
     match verdict {
         Verdict::NotUdp => ALLOW,
@@ -230,12 +233,19 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
             // A socket that holds a tuple the claims lack: the namespace's index is incomplete.
             // (The kernel refuses a family mismatch; a multicast tuple never conflicts.)
             if !matches!(reason, Counter::FamilyMismatch | Counter::Multicast) {
-                fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
+                fastpath::note_unindexed(memo.netns());
             }
             ALLOW
         }
         Verdict::Autobind => {
-            count(autobind(ctx));
+            count(autobind(ctx, &mut memo));
+            ALLOW
+        }
+        Verdict::Unshared { local_port } => {
+            count(Counter::Unshared);
+            if CLAIMS {
+                fastpath::note_unshared_port(memo.netns(), local_port);
+            }
             ALLOW
         }
         Verdict::OwnTuple => {
@@ -244,7 +254,7 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
         }
         Verdict::Conflict(tuple) => {
             count(Counter::Checked);
-            act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::HELD)
+            act_on_conflict::<SET_RETVAL>(ctx, &tuple, &mut memo, cause::HELD)
         }
         Verdict::NoHolderSeen {
             tuple,
@@ -270,7 +280,7 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
             // claims it; a racer may be about to. The first claim wins.
             // SAFETY: as in `decide`.
             let held = || indexed && unsafe { held_by_another(ctx.sock_addr, &tuple) };
-            match claims::claim(ctx, &tuple.key(netns), device, indexed, held) {
+            match claims::claim(&mut memo, &tuple.key(netns), device, indexed, held) {
                 claims::Claimed::Ours { recorded } => {
                     count(checked);
                     if indexed {
@@ -297,16 +307,16 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
                 }
                 claims::Claimed::Held => {
                     count(Counter::Checked);
-                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::HELD)
+                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, &mut memo, cause::HELD)
                 }
                 claims::Claimed::HeldByDevice => {
                     count(Counter::Checked);
-                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::HELD_BY_DEVICE)
+                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, &mut memo, cause::HELD_BY_DEVICE)
                 }
                 claims::Claimed::Lost => {
                     count(Counter::Checked);
                     count(Counter::Raced);
-                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, cause::RACED)
+                    act_on_conflict::<SET_RETVAL>(ctx, &tuple, &mut memo, cause::RACED)
                 }
             }
         }
@@ -315,7 +325,11 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
 
 /// The guard's decision for one `connect()`. Each rule says why in one line.
 #[inline(always)]
-unsafe fn decide<const CLAIMS: bool>(ctx: *mut bpf_sock_addr, hook: Hook) -> Verdict {
+unsafe fn decide<const CLAIMS: bool>(
+    ctx: *mut bpf_sock_addr,
+    hook: Hook,
+    memo: &mut Memo,
+) -> Verdict {
     // SAFETY (whole function): ctx and ctx->sk are valid for reads, as the verifier checks.
     unsafe {
         // Only UDP datagram sockets can share a connected 4-tuple; TCP, UDP-Lite, ICMP pass.
@@ -323,9 +337,18 @@ unsafe fn decide<const CLAIMS: bool>(ctx: *mut bpf_sock_addr, hook: Hook) -> Ver
             return Verdict::NotUdp;
         }
         let sk = (*ctx).__bindgen_anon_1.sk;
-        let tuple = match tuple_after_connect(ctx, sk, hook) {
+        // No local port yet: the kernel auto-binds one after this hook.
+        let local_port = (load(&(*sk).src_port) as u16).to_be();
+        if local_port == 0 {
+            return Verdict::Autobind;
+        }
+        // Two sockets share an address and port only if both had SO_REUSEADDR (or both
+        // SO_REUSEPORT) when the second bound: a socket with neither holds its port alone.
+        if !shares_port(ctx) {
+            return Verdict::Unshared { local_port };
+        }
+        let tuple = match tuple_after_connect(ctx, sk, hook, memo) {
             Ok(tuple) => tuple,
-            Err(Counter::Autobind) => return Verdict::Autobind,
             Err(reason) => return Verdict::NotChecked(reason),
         };
         // Re-connecting to the peer it already has changes nothing, even beside an older
@@ -333,12 +356,16 @@ unsafe fn decide<const CLAIMS: bool>(ctx: *mut bpf_sock_addr, hook: Hook) -> Ver
         if already_connected_to(sk, &tuple) {
             return Verdict::OwnTuple;
         }
-        let netns = netns_cookie(ctx);
+        let netns = memo.netns();
         let device = device_after_connect(sk, &tuple);
         // Where the claims index every tuple held in the namespace, a tuple nobody claims has
         // no holder: the lookup (a walk of every socket on the port) is needed only when a
-        // claim is there. Elsewhere the lookup comes first.
-        if CLAIMS && fastpath::index_complete(netns) {
+        // claim is there. Elsewhere the lookup comes first, and on a port an unshared socket
+        // connected from (it holds its tuple without a claim).
+        if CLAIMS
+            && fastpath::index_complete(netns)
+            && !fastpath::unshared_port_seen(netns, tuple.local_port)
+        {
             return Verdict::NoHolderSeen {
                 tuple,
                 netns,
@@ -390,18 +417,15 @@ unsafe fn tuple_after_connect(
     ctx: *mut bpf_sock_addr,
     sk: *mut bpf_sock,
     hook: Hook,
+    memo: &mut Memo,
 ) -> Result<Tuple, Counter> {
     // SAFETY: as in `decide`.
     unsafe {
-        // No local port yet: the kernel auto-binds one after this hook.
         let local_port = (load(&(*sk).src_port) as u16).to_be();
-        if local_port == 0 {
-            return Err(Counter::Autobind);
-        }
         // `user_port` holds the port in network order in its low 16 bits.
         let peer_port = load(&(*ctx).user_port) as u16;
         match hook {
-            Hook::Connect4 => tuple4(ctx, sk, load(&(*ctx).user_ip4), local_port, peer_port),
+            Hook::Connect4 => tuple4(ctx, sk, memo, load(&(*ctx).user_ip4), local_port, peer_port),
             Hook::Connect6 => {
                 let mut peer = load_ip6(&(*ctx).user_ip6);
                 let bound = load_ip6(&(*sk).src_ip6);
@@ -417,7 +441,7 @@ unsafe fn tuple_after_connect(
                 // A v4-mapped peer: the datagrams are IPv4, so the holder may be an AF_INET
                 // socket as well as a mapped AF_INET6 one; an IPv4 lookup finds both.
                 if is_v4_mapped(&peer) {
-                    return tuple4(ctx, sk, peer[3], local_port, peer_port);
+                    return tuple4(ctx, sk, memo, peer[3], local_port, peer_port);
                 }
                 // A group is not a peer that sends: nobody starves.
                 if is_multicast6(&peer) || is_multicast6(&bound) {
@@ -439,7 +463,7 @@ unsafe fn tuple_after_connect(
                     local = if peer == LOOPBACK6 {
                         LOOPBACK6
                     } else {
-                        routes::source6(netns_cookie(ctx), &peer)?
+                        routes::source6(memo, &peer)?
                     };
                 }
                 Ok(Tuple {
@@ -459,6 +483,7 @@ unsafe fn tuple_after_connect(
 unsafe fn tuple4(
     ctx: *mut bpf_sock_addr,
     sk: *mut bpf_sock,
+    memo: &mut Memo,
     peer: u32,
     local_port: u16,
     peer_port: u16,
@@ -483,7 +508,7 @@ unsafe fn tuple4(
                 // Bound to 0.0.0.0 (or `::`): the kernel picks the source after this hook,
                 // from the routes, as the agent's mirror predicts.
                 wildcard_predictable(sk)?;
-                routes::source4(netns_cookie(ctx), peer)?
+                routes::source4(memo, peer)?
             } else {
                 bound
             };
@@ -550,6 +575,58 @@ fn netns_cookie(ctx: *mut bpf_sock_addr) -> u64 {
     unsafe { bpf_get_netns_cookie(ctx.cast()) }
 }
 
+/// What a connect's rules may need more than once from a helper (the namespace, the socket's
+/// cookie, the time), each asked for at most once: a helper call costs ~30 ns on kernels with
+/// return-thunk mitigations, and the compiler cannot merge two calls. 0 means not asked yet
+/// (no cookie, namespace cookie or `CLOCK_MONOTONIC` reading is 0).
+pub(crate) struct Memo {
+    ctx: *mut bpf_sock_addr,
+    netns: u64,
+    cookie: u64,
+    now: u64,
+}
+
+impl Memo {
+    #[inline(always)]
+    fn new(ctx: *mut bpf_sock_addr) -> Memo {
+        Memo {
+            ctx,
+            netns: 0,
+            cookie: 0,
+            now: 0,
+        }
+    }
+
+    /// The network namespace's cookie.
+    #[inline(always)]
+    pub(crate) fn netns(&mut self) -> u64 {
+        if self.netns == 0 {
+            self.netns = netns_cookie(self.ctx);
+        }
+        self.netns
+    }
+
+    /// The connecting socket's cookie.
+    #[inline(always)]
+    pub(crate) fn cookie(&mut self) -> u64 {
+        if self.cookie == 0 {
+            // SAFETY: a plain helper call on the program's own context.
+            self.cookie = unsafe { bpf_get_socket_cookie(self.ctx.cast()) };
+        }
+        self.cookie
+    }
+
+    /// `CLOCK_MONOTONIC` nanoseconds, read once per connect.
+    #[inline(always)]
+    pub(crate) fn now(&mut self) -> u64 {
+        if self.now == 0 {
+            // SAFETY: a plain helper call.
+            self.now = unsafe { bpf_ktime_get_ns() };
+        }
+        self.now
+    }
+}
+
 /// True when a watch program sits on an ancestor cgroup and wants the guard's connects marked.
 #[inline(always)]
 fn watched() -> bool {
@@ -562,33 +639,60 @@ fn watched() -> bool {
 /// the kernel's auto-bind picks a port no other socket holds (the application reads 0 for them
 /// afterwards). Returns the reason the connect is not checked.
 #[inline(always)]
-fn autobind(ctx: &SockAddrContext) -> Counter {
+fn autobind(ctx: &SockAddrContext, memo: &mut Memo) -> Counter {
     let config = CONFIG.get(0).copied().unwrap_or_default();
     let unique = config.autobind == autobind::UNIQUE;
     let mut shared = false;
     for option in [SO_REUSEADDR, SO_REUSEPORT] {
-        let mut value: i32 = 0;
-        let size = size_of::<i32>() as i32;
-        // SAFETY: the option value lives on our stack for the calls.
-        unsafe {
-            let ctx = ctx.sock_addr.cast();
-            let on = bpf_getsockopt(ctx, SOL_SOCKET, option, (&raw mut value).cast(), size) == 0
-                && value != 0;
-            if on && unique {
-                value = 0;
-                bpf_setsockopt(ctx, SOL_SOCKET, option, (&raw mut value).cast(), size);
-            }
-            shared |= on;
+        let on = option_on(ctx.sock_addr, option);
+        if on && unique {
+            let mut value: i32 = 0;
+            // SAFETY: the option value lives on our stack for the call.
+            unsafe {
+                bpf_setsockopt(
+                    ctx.sock_addr.cast(),
+                    SOL_SOCKET,
+                    option,
+                    (&raw mut value).cast(),
+                    size_of::<i32>() as i32,
+                )
+            };
         }
+        shared |= on;
     }
     if unique {
         return Counter::AutobindUnique;
     }
     // A reuse socket's auto-bound port may be shared: it holds a tuple the claims lack.
     if shared {
-        fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
+        fastpath::note_unindexed(memo.netns());
     }
     Counter::Autobind
+}
+
+/// True when the socket may share its address and port: SO_REUSEADDR or SO_REUSEPORT is on.
+#[inline(always)]
+fn shares_port(ctx: *mut bpf_sock_addr) -> bool {
+    option_on(ctx, SO_REUSEADDR) || option_on(ctx, SO_REUSEPORT)
+}
+
+/// True when a SOL_SOCKET boolean option is on (and readable: an error reads as on, which
+/// only ever makes the guard check more).
+#[inline(always)]
+fn option_on(ctx: *mut bpf_sock_addr, option: i32) -> bool {
+    let mut value: i32 = 0;
+    // SAFETY: the option value lives on our stack for the call; the connect hook holds the
+    // socket's lock, as bpf_getsockopt wants.
+    let read = unsafe {
+        bpf_getsockopt(
+            ctx.cast(),
+            SOL_SOCKET,
+            option,
+            (&raw mut value).cast(),
+            size_of::<i32>() as i32,
+        )
+    };
+    read != 0 || value != 0
 }
 
 /// `bpf_sk_lookup_udp` with the tuple reversed (a datagram from the peer), current netns.
@@ -646,13 +750,18 @@ unsafe fn already_connected_to(sk: *mut bpf_sock, tuple: &Tuple) -> bool {
 
 /// Refuse (enforce) or count and let through (audit); either way, tell user space.
 #[inline(always)]
-fn act_on_conflict<const SET_RETVAL: bool>(ctx: &SockAddrContext, tuple: &Tuple, why: u32) -> i32 {
+fn act_on_conflict<const SET_RETVAL: bool>(
+    ctx: &SockAddrContext,
+    tuple: &Tuple,
+    memo: &mut Memo,
+    why: u32,
+) -> i32 {
     let config = CONFIG.get(0).copied().unwrap_or_default();
     if config.mode == mode::AUDIT {
         count(Counter::Audited);
         // The audited socket becomes a second holder, which the claims cannot index.
-        fastpath::note_unindexed(netns_cookie(ctx.sock_addr));
-        report(ctx, tuple, action::AUDITED, 0, why);
+        fastpath::note_unindexed(memo.netns());
+        report(ctx, tuple, memo, action::AUDITED, 0, why);
         return ALLOW;
     }
     count(Counter::Rejected);
@@ -666,19 +775,26 @@ fn act_on_conflict<const SET_RETVAL: bool>(ctx: &SockAddrContext, tuple: &Tuple,
         // SAFETY: a plain helper call; the programs that make it load only where it exists.
         unsafe { bpf_set_retval(-(errno as i32)) };
     }
-    report(ctx, tuple, action::REJECTED, errno, why);
+    report(ctx, tuple, memo, action::REJECTED, errno, why);
     REFUSE
 }
 
 /// Sends a conflict event; when the ring buffer is full the event is dropped and counted,
 /// never waited for. Only conflicts get here: the common path pays nothing for events.
 #[inline(always)]
-fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32, why: u32) {
+fn report(
+    ctx: &SockAddrContext,
+    tuple: &Tuple,
+    memo: &mut Memo,
+    action: u32,
+    errno: u32,
+    why: u32,
+) {
     let Some(mut entry) = EVENTS.reserve::<ConflictEvent>(0) else {
         count(Counter::EventsLost);
         return;
     };
-    let key = tuple.key(netns_cookie(ctx.sock_addr));
+    let key = tuple.key(memo.netns());
     // SAFETY: plain helper calls on the program's own context; `sk` is a full socket.
     let event = unsafe {
         ConflictEvent {
@@ -695,7 +811,7 @@ fn report(ctx: &SockAddrContext, tuple: &Tuple, action: u32, errno: u32, why: u3
             family: key.family,
             action,
             errno,
-            sock_cookie: bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            sock_cookie: memo.cookie(),
             cause: why,
             device: load(&(*(*ctx.sock_addr).__bindgen_anon_1.sk).bound_dev_if),
         }

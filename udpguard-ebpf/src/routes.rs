@@ -5,10 +5,11 @@
 //! Never acts on stale or partial data: without a live agent, in a namespace not loaded yet,
 //! or where the mirror cannot model the kernel's choice, the answer is "unknown" and the
 //! connect passes, counted.
+use crate::Memo;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     btf_maps::{Array, HashMap, LpmTrie, RingBuf, lpm_trie::Key},
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::btf_map,
 };
 use udpguard_common::{
@@ -32,8 +33,8 @@ static NETNS_EVENTS: RingBuf<NetnsEvent, { 16 * 1024 }> = RingBuf::new();
 
 /// The source the kernel will choose for an IPv4 destination, in this namespace.
 #[inline(always)]
-pub fn source4(netns_cookie: u64, peer: u32) -> Result<u32, Counter> {
-    namespace_ready(netns_cookie)?;
+pub fn source4(memo: &mut Memo, peer: u32) -> Result<u32, Counter> {
+    let netns_cookie = namespace_ready(memo)?;
     let key = Key::new(64 + 32, route_key4(netns_cookie, peer.to_ne_bytes()));
     // SAFETY: the value is copied out at once.
     match ROUTES4.get(&key) {
@@ -45,8 +46,8 @@ pub fn source4(netns_cookie: u64, peer: u32) -> Result<u32, Counter> {
 
 /// The source the kernel will choose for an IPv6 destination, in this namespace.
 #[inline(always)]
-pub fn source6(netns_cookie: u64, peer: &[u32; 4]) -> Result<[u32; 4], Counter> {
-    namespace_ready(netns_cookie)?;
+pub fn source6(memo: &mut Memo, peer: &[u32; 4]) -> Result<[u32; 4], Counter> {
+    let netns_cookie = namespace_ready(memo)?;
     let mut addr = [0u8; 16];
     for (i, word) in peer.iter().enumerate() {
         addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
@@ -59,19 +60,22 @@ pub fn source6(netns_cookie: u64, peer: &[u32; 4]) -> Result<[u32; 4], Counter> 
     }
 }
 
-/// Ok when a live agent mirrors this namespace's routes.
+/// The namespace's cookie when a live agent mirrors its routes.
 #[inline(always)]
-fn namespace_ready(netns_cookie: u64) -> Result<(), Counter> {
-    // Route data is trusted only while the agent that keeps it current is alive.
+fn namespace_ready(memo: &mut Memo) -> Result<u64, Counter> {
+    // Route data is trusted only while the agent that keeps it current is alive. (No agent at
+    // all, as under `attach` alone, costs no clock read.)
     let heartbeat = AGENT.get(0).map_or(0, |a| a.heartbeat_ns);
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if heartbeat == 0 || (now as i64).wrapping_sub(heartbeat as i64) >= AGENT_TIMEOUT_NS as i64 {
+    if heartbeat == 0 {
         return Err(Counter::Wildcard);
     }
+    if (memo.now() as i64).wrapping_sub(heartbeat as i64) >= AGENT_TIMEOUT_NS as i64 {
+        return Err(Counter::Wildcard);
+    }
+    let netns_cookie = memo.netns();
     // SAFETY: the value is copied out at once.
     match unsafe { NETNS.get(netns_cookie) }.copied() {
-        Some(netns_state::READY) => Ok(()),
+        Some(netns_state::READY) => Ok(netns_cookie),
         Some(netns_state::UNMODELED) => Err(Counter::WildcardUnmodeled),
         Some(_) => Err(Counter::WildcardNewNetns),
         None => {

@@ -17,12 +17,13 @@ use crate::{IPPROTO_UDP, SOCK_DGRAM, fastpath, load, netns_cookie};
 #[btf_map]
 static SEEN: PerCpuArray<u64, 1> = PerCpuArray::new();
 
-/// Called by the guard's connect programs (when a watch is on): this connect is seen.
+/// Called by the guard's connect programs (when a watch is on): the connect of the socket with
+/// this cookie is seen.
 #[inline(always)]
-pub fn mark(ctx: &SockAddrContext) {
+pub fn mark(cookie: u64) {
     if let Some(seen) = SEEN.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; a plain helper call on the program's own context.
-        unsafe { *seen = bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        // SAFETY: this CPU's slot.
+        unsafe { *seen = cookie };
     }
 }
 

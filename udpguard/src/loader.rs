@@ -347,7 +347,10 @@ pub fn attach_watch(dir: &Path, scope: &Cgroup) -> Result<Links> {
     crate::sys::bpf::raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+        // Maps the watch programs do not use, as small as they go.
         .map_max_entries(map_names::EVENTS, 4096)
+        .map_max_entries(map_names::BIRTHS, 1)
+        .map_max_entries(map_names::UNSHARED_PORTS, 1)
         .map_pin_path(map_names::NAMESPACES, &namespaces)
         .map_pin_path(map_names::SEEN, &seen)
         .load(OBJECT)

@@ -340,6 +340,13 @@ pub fn families(scrape: &Scrape) -> Vec<Family> {
             count(Counter::Indexed),
         ),
         family(
+            "connects_unshared",
+            "UDP connect()s of sockets without SO_REUSEADDR or SO_REUSEPORT: they share their \
+             port with nobody, so they cannot duplicate a 4-tuple and are not looked up",
+            Kind::Counter,
+            count(Counter::Unshared),
+        ),
+        family(
             "conflicts",
             "connect()s that would have duplicated an ESTABLISHED 4-tuple, by what the guard \
              did (rejected in enforce mode, audited in audit mode)",

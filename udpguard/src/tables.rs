@@ -3,7 +3,7 @@
 //! memory; `--max-sockets` sets it. Whatever still fills up fails open and is counted: a claim
 //! that finds no room refuses nobody.
 use serde::Serialize;
-use udpguard_common::{CLAIM_WAYS, ClaimBucket, SocketRecord};
+use udpguard_common::{BIRTH_SLOTS, Birth, CLAIM_WAYS, ClaimBucket, SocketRecord};
 
 /// The share of the host's memory the tables get by default (0.2%, as Cilium sizes its
 /// connection maps by a share of memory): 48 MiB on a 24 GiB host.
@@ -15,8 +15,7 @@ const BYTES_PER_SOCKET: u64 = 128;
 /// largest stay under 2^28 buckets (the records' claim references).
 const MIN_SOCKETS: u64 = 1 << 14;
 const MAX_SOCKETS: u64 = 1 << 24;
-/// The fewest socket records: they only need to outlive a young socket or a fresh claim, and
-/// cost 32 bytes each.
+/// The fewest socket records: they only need to outlive a fresh claim, and cost 24 bytes each.
 const MIN_RECORDS: u64 = 1 << 12;
 
 /// The sizes the programs are loaded with.
@@ -57,10 +56,11 @@ impl TableSizes {
         TableSizes::for_memory(host_memory().unwrap_or(1 << 30))
     }
 
-    /// Bytes of kernel memory the two tables take.
+    /// Bytes of kernel memory the tables take (the births' fixed array included).
     pub fn bytes(&self) -> u64 {
         self.claim_buckets as u64 * size_of::<ClaimBucket>() as u64
             + self.records as u64 * size_of::<SocketRecord>() as u64
+            + BIRTH_SLOTS as u64 * size_of::<Birth>() as u64
     }
 
     /// Claims the table holds in all.

@@ -58,6 +58,24 @@ fn the_fast_path_skips_the_lookup_and_still_refuses_conflicts() {
 }
 
 #[test]
+fn a_port_an_unshared_socket_connected_from_is_looked_up_on_the_fast_path() {
+    let sb = Sandbox::new("fast-unshared");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    // An unshared socket holds its tuple without a claim. Only a socket that cleared its
+    // SO_REUSEADDR after binding a shared port can be beside it; its neighbour is looked up.
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444)); b = udp(bind=("127.0.0.1", 4444))
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        out(conn(a, P), conn(b, P))
+        c = udp(bind=("127.0.0.1", 4445), reuse=False); out(conn(c, P))
+        "#);
+    assert_eq!(got, ["ok EPERM", "ok"]);
+    assert_eq!(sb.counter("unshared"), 2);
+}
+
+#[test]
 fn sockets_connected_before_are_indexed_from_a_dump() {
     let sb = Sandbox::new("fast-seed");
     // A holder connected before anything is attached, kept alive in the cgroup.

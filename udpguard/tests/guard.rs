@@ -63,6 +63,48 @@ fn the_tuple_is_free_again_once_its_holder_moved_away_or_closed() {
 }
 
 #[test]
+fn a_socket_without_a_reuse_option_holds_its_port_alone_and_is_not_looked_up() {
+    let sb = Sandbox::new("unshared");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444), reuse=False); out(conn(a, P))
+        out(bind(udp(reuse=False), ("127.0.0.1", 4444)), bind(udp(), ("127.0.0.1", 4444)))
+        c = udp(bind=("127.0.0.1", 4445), reuse=False); out(conn(c, P))
+        d = udp(bind=("0.0.0.0", 4446), reuse=False); out(conn(d, P))
+        e = udp(bind=("::1", 4447), family=6, reuse=False); out(conn(e, ("::1", 1111)))
+        "#);
+    // The kernel itself refuses anyone else the port, with or without a reuse option.
+    assert_eq!(got, ["ok", "EADDRINUSE EADDRINUSE", "ok", "ok", "ok"]);
+    assert_eq!(sb.counter("unshared"), 4);
+    assert_eq!(sb.counter("checked"), 0);
+}
+
+#[test]
+fn a_socket_that_cleared_its_reuse_option_after_binding_is_counted_unshared_never_checked() {
+    let sb = Sandbox::new("unshared-toggle");
+    sb.attach(&[]);
+    // Both bind one port with SO_REUSEADDR, then one clears it. Connecting first, it holds
+    // the tuple without a claim; the other is looked up, and refused.
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444)); b = udp(bind=("127.0.0.1", 4444))
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        out(conn(a, P), conn(b, P))
+        "#);
+    assert_eq!(got, ["ok EPERM"]);
+    assert_eq!((sb.counter("unshared"), sb.counter("checked")), (1, 1));
+    // Connecting second it is let through (the limit docs/decision.md states), and never
+    // counted as checked.
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 5444)); b = udp(bind=("127.0.0.1", 5444))
+        out(conn(b, P))
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        out(conn(a, P))
+        "#);
+    assert_eq!(got, ["ok", "ok"]);
+    assert_eq!((sb.counter("unshared"), sb.counter("checked")), (2, 2));
+}
+
+#[test]
 fn a_socket_may_reconnect_to_the_peer_it_already_has() {
     let sb = Sandbox::new("reconnect");
     sb.attach(&[]);

@@ -107,9 +107,10 @@ fn text(status: &Status) -> String {
         let count = |c: Counter| a.counters.get(c.name()).copied().unwrap_or(0);
         let _ = writeln!(
             out,
-            "  checked {} ({} by the index alone)  rejected {}  audited {}  (raced {})  claimed tuples {}  events lost {}",
+            "  checked {} ({} by the index alone)  unshared {}  rejected {}  audited {}  (raced {})  claimed tuples {}  events lost {}",
             count(Counter::Checked),
             count(Counter::Indexed),
+            count(Counter::Unshared),
             count(Counter::Rejected),
             count(Counter::Audited),
             count(Counter::Raced),

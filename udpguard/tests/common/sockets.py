@@ -10,11 +10,12 @@ P = ("127.0.0.1", 1111)  # the usual peer
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def udp(bind=None, family=4, reuseport=False, v6only=None, device=None):
-    """A UDP socket with SO_REUSEADDR (what makes the hazard possible), optionally bound to a
-    device (SO_BINDTODEVICE) and an address."""
+def udp(bind=None, family=4, reuseport=False, v6only=None, device=None, reuse=True):
+    """A UDP socket with SO_REUSEADDR (what makes the hazard possible; reuse=False for one
+    without), optionally bound to a device (SO_BINDTODEVICE) and an address."""
     s = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if device is not None:
@@ -24,6 +25,15 @@ def udp(bind=None, family=4, reuseport=False, v6only=None, device=None):
     if bind is not None:
         s.bind(bind)
     return s
+
+
+def bind(s, addr):
+    """bind(): 'ok' or the errno's name."""
+    try:
+        s.bind(addr)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
 
 
 def conn(s, addr):
