@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs inside a virtme-ng guest (started by scripts/test-kernels.sh): the test binaries one test
+# Runs inside a virtme-ng guest (started by scripts/test-kernels.sh): the test binaries, one test
 # at a time under a timeout, or the boot + attach smoke. Not meant to be run by hand on a host.
 #
 #   test-kernels-guest.sh OUT
@@ -10,7 +10,8 @@
 #        env          PY_DIR (directory of the python3 that has prometheus-client), UDPGUARD (the
 #                     CLI), PKG_DIR (the udpguard package), TIMEOUT (s per test), FILTER
 #   out: results      one line per test: PASS|FAIL|TIMEOUT|IGNORED <binary>::<test> <seconds>
-#        logs/        output of every test that did not pass
+#                     (the seconds of its whole binary, or of its run alone)
+#        logs/        output of every binary (and lone test) that did not pass
 #        smoke        what the smoke saw (when run)
 #        summary      "<passed> <failed>" (written last: its absence means the guest died)
 set -uo pipefail
@@ -81,30 +82,55 @@ if [ ! -s "$out/tests" ]; then
   smoke
 fi
 
+# Each test binary runs whole, one test at a time (--test-threads=1), under a timeout of TIMEOUT
+# seconds per test it holds: one process per binary, not per test (starting a test binary under
+# emulation costs seconds). libtest's "test NAME ... ok|FAILED|ignored" lines give the result of
+# each; a test the binary never reported on (it hung, or the binary died) is run again alone.
+# The observability tests wait UDPGUARD_TEST_PATIENCE seconds for the agent (emulation is ~10x
+# slower than the host).
+export UDPGUARD_TEST_PATIENCE=${UDPGUARD_TEST_PATIENCE:-300}
+run_alone() { # NAME PATH TEST
+  local log=$out/logs/$1::$3 start rc secs
+  start=$(date +%s)
+  timeout --kill-after=10 "$TIMEOUT" "$2" --exact "$3" --test-threads=1 > "$log" 2>&1
+  rc=$?
+  secs=$(($(date +%s) - start))
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    record TIMEOUT "$1::$3" "$secs"
+  elif [ "$rc" -ne 0 ]; then
+    record FAIL "$1::$3" "$secs"
+  elif grep -q '^test result: ok\. 1 passed' "$log"; then
+    record PASS "$1::$3" "$secs"
+    rm -f "$log"
+  else
+    record IGNORED "$1::$3" "$secs"
+    rm -f "$log"
+  fi
+}
 while read -r name path dir; do
   [ -n "$name" ] || continue
   cd "$dir"
   export CARGO_MANIFEST_DIR=$dir
   # shellcheck disable=SC2086 # FILTER is a list of name filters for the harness
   tests=$("$path" --list --format=terse ${FILTER:-} 2>/dev/null | sed -n 's/: test$//p')
+  count=$(printf '%s\n' "$tests" | grep -c . || true)
+  [ "$count" -gt 0 ] || continue
+  log=$out/logs/$name
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  timeout --kill-after=10 $((TIMEOUT * count)) "$path" --test-threads=1 ${FILTER:-} > "$log" 2>&1
+  secs=$(($(date +%s) - start))
   for t in $tests; do
-    log=$out/logs/$name::$t
-    start=$(date +%s)
-    timeout --kill-after=10 "$TIMEOUT" "$path" --exact "$t" --test-threads=1 > "$log" 2>&1
-    rc=$?
-    secs=$(($(date +%s) - start))
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-      record TIMEOUT "$name::$t" "$secs"
-    elif [ "$rc" -ne 0 ]; then
-      record FAIL "$name::$t" "$secs"
-    elif grep -q '^test result: ok\. 1 passed' "$log"; then
-      record PASS "$name::$t" "$secs"
-      rm -f "$log"
-    else
-      record IGNORED "$name::$t" "$secs"
-      rm -f "$log"
-    fi
+    line=$(grep -m1 -E "^test $t \.\.\. " "$log" || true)
+    case $line in
+      *" ... ok") record PASS "$name::$t" "$secs" ;;
+      *" ... ignored"*) record IGNORED "$name::$t" "$secs" ;;
+      *" ... FAILED") record FAIL "$name::$t" "$secs" ;;
+      *) run_alone "$name" "$path" "$t" ;;
+    esac
   done
+  # Keep the whole log only when something did not pass.
+  grep -q -E '^(FAIL|TIMEOUT) '"$name"'::' "$out/results" || rm -f "$log"
 done < "$out/tests"
 
 echo "$passed $failed" > "$out/summary"

@@ -243,7 +243,9 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
         }
         Verdict::Unshared { local_port } => {
             count(Counter::Unshared);
-            if CLAIMS {
+            // Only an agent vouches for a namespace's index; one that starts later seeds this
+            // socket's tuple from its dump.
+            if CLAIMS && routes::agent_started() {
                 fastpath::note_unshared_port(memo.netns(), local_port);
             }
             ALLOW

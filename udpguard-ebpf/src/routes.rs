@@ -85,13 +85,20 @@ fn namespace_ready(memo: &mut Memo) -> Result<u64, Counter> {
     }
 }
 
+/// True once an agent has run since the attach (its heartbeat is set before it vouches for
+/// any namespace).
+#[inline(always)]
+pub fn agent_started() -> bool {
+    AGENT.get(0).is_some_and(|a| a.heartbeat_ns != 0)
+}
+
 /// Makes sure the agent knows this namespace (its routes, and whether its fast path can be
 /// turned on): reports it once.
 #[inline(always)]
 pub fn note_namespace(netns_cookie: u64) {
     // No agent has run since the attach: nobody to tell (it looks for namespaces itself when
     // it starts), and the common path skips a hash lookup.
-    if AGENT.get(0).is_none_or(|a| a.heartbeat_ns == 0) {
+    if !agent_started() {
         return;
     }
     // SAFETY: the value is not kept.

@@ -155,7 +155,7 @@ fn orchestrate(options: &Options) -> anyhow::Result<()> {
         sandbox.name, options.clients, options.processes
     );
     let mut clients = Clients::start(&sandbox, options.clients, options.processes)?;
-    let mut setups = Setups::new(&sandbox)?;
+    let mut setups = Setups::new(&sandbox, None)?;
     let mut runs = Vec::new();
     for round in 0..options.rounds {
         for setup in Setup::order(round) {

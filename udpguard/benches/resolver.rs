@@ -4,9 +4,9 @@
 //! answers every name under a test zone, and a forwarding Unbound with `udp-connect: yes` (a
 //! fresh bound and connected UDP socket per upstream query) forwards to it; dnsperf asks the
 //! forwarder for names that never repeat, so every query goes upstream. All three run in the
-//! guarded cgroup. Three setups run in interleaved rounds (each round starts with a different
-//! one): no guard, `udpguard attach` (the programs alone), and `udpguard run` (the agent as its
-//! own process: wildcard binds checked, the fast path on). Reported per setup: the median
+//! guarded cgroup. Four setups run in interleaved rounds (each round starts with a different
+//! one): no guard, empty programs on the guard's hooks (the floor any guard there pays),
+//! `udpguard attach` (the programs alone), and `udpguard run` (the agent as its own process). Reported per setup: the median
 //! queries per second and its cost against no guard in the same run (median qps of no guard
 //! over the setup's), the guard's program time per query from the kernel's BPF stats (per
 //! program: ns per run and runs per query, read in a separate window after each timed run, as
@@ -15,7 +15,7 @@
 //!
 //! Run (as root): `cargo bench -p udpguard --bench resolver`
 //! Options (after `--`): `--rounds N` (default 3), `--seconds S` per timed run (default 8),
-//! `--stats-seconds S` (default 3), `--setups attach,run` (default both; no guard always runs),
+//! `--stats-seconds S` (default 3), `--setups floor,attach,run` (default all; no guard always runs),
 //! `--json`. `UDPGUARD_BENCH_LOG=1` shows the servers' and
 //! the agent's logs.
 use std::{collections::BTreeMap, process::ExitCode};
@@ -86,10 +86,11 @@ impl Options {
                     let mut only = vec![Setup::NoGuard];
                     for name in list.split(',') {
                         only.push(match name {
+                            "floor" => Setup::Floor,
                             "attach" => Setup::Attach,
                             "run" => Setup::Run,
                             "no-guard" => continue,
-                            _ => bail!("--setups: no setup '{name}' (attach, run)"),
+                            _ => bail!("--setups: no setup '{name}' (floor, attach, run)"),
                         });
                     }
                     options.only = Some(only);
@@ -108,6 +109,8 @@ struct Measured {
     setup: Setup,
     round: usize,
     perf: Perf,
+    /// The forwarder's CPU time (its one thread, the guard's programs included) per query.
+    forwarder_cpu_ns_per_query: f64,
     agent_cpu_ns_per_query: Option<f64>,
     counters: BTreeMap<String, u64>,
     fast_path_namespaces: Option<usize>,
@@ -125,6 +128,11 @@ struct Summary {
     cost: f64,
     /// The same, round by round.
     round_costs: Vec<f64>,
+    /// Median forwarder CPU per query.
+    forwarder_cpu_ns_per_query: f64,
+    /// Over no guard's (1.01 = the forwarder spends 1% more CPU on a query): steadier than the
+    /// qps ratio, which the machine's other work moves.
+    cpu_cost: f64,
     agent_cpu_ns_per_query: Option<f64>,
     checked_per_query: f64,
     /// Sum over all rounds of every counter.
@@ -166,7 +174,7 @@ fn orchestrate(options: &Options) -> anyhow::Result<()> {
     unsafe { std::env::set_var("UDPGUARD_PIN_ROOT", &sandbox.pin_root) };
     let dir = TempDir::new("resolver")?;
     let servers = Servers::start(&sandbox, &dir.0)?;
-    let mut setups = Setups::new(&sandbox)?;
+    let mut setups = Setups::new(&sandbox, Some(workload::OTHERS_CPU))?;
     eprintln!(
         "resolver: sandbox {}; {} rounds of {} s per setup",
         sandbox.name, options.rounds, options.seconds
@@ -182,12 +190,21 @@ fn orchestrate(options: &Options) -> anyhow::Result<()> {
                 continue;
             }
             check_stop()?;
-            let measured = measure(options, &sandbox, &dir, &mut setups, setup, round)?;
+            let measured = measure(
+                options,
+                &sandbox,
+                &dir,
+                &mut setups,
+                servers.forwarder_pid(),
+                setup,
+                round,
+            )?;
             eprintln!(
-                "resolver: round {} {:>16}: {:>8} qps{}",
+                "resolver: round {} {:>22}: {:>8} qps, forwarder {:.2} us/query{}",
                 round + 1,
                 setup.label(),
                 thousands(measured.perf.qps),
+                measured.forwarder_cpu_ns_per_query / 1000.0,
                 measured
                     .agent_cpu_ns_per_query
                     .map(|ns| format!(", agent {ns:.0} ns/query"))
@@ -228,6 +245,7 @@ fn measure(
     sandbox: &Sandbox,
     dir: &TempDir,
     setups: &mut Setups,
+    forwarder: u32,
     setup: Setup,
     round: usize,
 ) -> anyhow::Result<Measured> {
@@ -238,8 +256,12 @@ fn measure(
 
     let counters_before = counters();
     let cpu_before = setups.agent_cpu_ns()?;
+    let forwarder_before = workload::cpu_ns(forwarder)?;
     let perf = dnsperf(sandbox, &dir.0, options.seconds)?;
+    let forwarder_after = workload::cpu_ns(forwarder)?;
     let cpu_after = setups.agent_cpu_ns()?;
+    let forwarder_cpu_ns_per_query =
+        forwarder_after.saturating_sub(forwarder_before) as f64 / perf.completed.max(1) as f64;
     let counters = counters_delta(&counters_before, &workload::counters());
     let fast_path_namespaces = fast_path_namespaces();
     let agent_cpu_ns_per_query = cpu_before
@@ -264,6 +286,7 @@ fn measure(
         setup,
         round,
         perf,
+        forwarder_cpu_ns_per_query,
         agent_cpu_ns_per_query,
         counters,
         fast_path_namespaces,
@@ -276,6 +299,10 @@ fn summarize(runs: &[Measured]) -> Vec<Summary> {
     let of = |setup: Setup| runs.iter().filter(move |r| r.setup == setup);
     let base: Vec<f64> = of(Setup::NoGuard).map(|r| r.perf.qps).collect();
     let base_median = stats::median(&base);
+    let base_cpu: Vec<f64> = of(Setup::NoGuard)
+        .map(|r| r.forwarder_cpu_ns_per_query)
+        .collect();
+    let base_cpu_median = stats::median(&base_cpu);
     Setup::ALL
         .iter()
         .filter(|&&setup| of(setup).next().is_some())
@@ -290,6 +317,8 @@ fn summarize(runs: &[Measured]) -> Vec<Summary> {
                 })
                 .collect();
             let cpu: Vec<f64> = of(setup).filter_map(|r| r.agent_cpu_ns_per_query).collect();
+            let forwarder: Vec<f64> = of(setup).map(|r| r.forwarder_cpu_ns_per_query).collect();
+            let forwarder_cpu_ns_per_query = stats::median(&forwarder);
             let mut counters = BTreeMap::new();
             for run in of(setup) {
                 for (k, v) in &run.counters {
@@ -303,6 +332,8 @@ fn summarize(runs: &[Measured]) -> Vec<Summary> {
                 median_qps,
                 cost: base_median / median_qps,
                 round_costs,
+                forwarder_cpu_ns_per_query,
+                cpu_cost: forwarder_cpu_ns_per_query / base_cpu_median,
                 agent_cpu_ns_per_query: (!cpu.is_empty()).then(|| stats::median(&cpu)),
                 checked_per_query: counters.get("checked").copied().unwrap_or(0) as f64
                     / queries.max(1) as f64,
@@ -324,13 +355,13 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "| setup | queries per second (median) | cost | cost per round | BPF ns/query | agent CPU ns/query | checked/query | refused |"
+        "| setup | queries per second (median) | cost | cost per round | forwarder CPU us/query | CPU cost | BPF ns/query | agent CPU ns/query | checked/query | refused |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     for s in &report.summary {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.3}x | {} | {} | {} | {:.2} | {} |",
+            "| {} | {} | {:.3}x | {} | {:.2} | {:.3}x | {} | {} | {:.2} | {} |",
             s.setup.label(),
             thousands(s.median_qps),
             s.cost,
@@ -339,6 +370,8 @@ fn table(report: &Report) -> String {
                 .map(|c| format!("{c:.3}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            s.forwarder_cpu_ns_per_query / 1000.0,
+            s.cpu_cost,
             if s.programs.is_empty() {
                 "-".to_string()
             } else {

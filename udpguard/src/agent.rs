@@ -343,9 +343,10 @@ fn keep_links(dir: PathBuf, cgroup: Cgroup) -> Periodic {
     })
 }
 
-/// A thread that runs a job every so often until dropped.
+/// A thread that runs a job every so often until dropped. It sleeps until the job is due or it
+/// is told to stop, nothing in between (an idle agent's wake-ups are its CPU).
 struct Periodic {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -356,19 +357,18 @@ impl Periodic {
         every: std::time::Duration,
         mut job: impl FnMut() + Send + 'static,
     ) -> Periodic {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let stopped = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
+            let (flag, wake) = &*stopped;
             let mut wait = first;
             loop {
-                let until = std::time::Instant::now() + wait;
-                while !stopped.load(Ordering::Relaxed) && std::time::Instant::now() < until {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                if stopped.load(Ordering::Relaxed) {
+                let guard = flag.lock().unwrap();
+                let (guard, _) = wake.wait_timeout_while(guard, wait, |stop| !*stop).unwrap();
+                if *guard {
                     return;
                 }
+                drop(guard);
                 job();
                 wait = every;
             }
@@ -382,7 +382,9 @@ impl Periodic {
 
 impl Drop for Periodic {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (flag, wake) = &*self.stop;
+        *flag.lock().unwrap() = true;
+        wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

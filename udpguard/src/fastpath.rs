@@ -40,6 +40,10 @@ const SEED_SWEEP: Duration = Duration::from_secs(10);
 /// How long after a seeding that could not turn the fast path on the agent tries again.
 const SEED_RETRY: Duration = Duration::from_secs(30);
 
+/// How long after finding a task outside the watched cgroup in a namespace the agent looks
+/// again (a walk of every task in /proc: every second, it was most of an idle agent's CPU).
+const COVERAGE_RETRY: Duration = Duration::from_secs(5);
+
 /// The `NAMESPACES` array, mapped: the agent's word per namespace slot, and the programs'
 /// notes of unindexed connects.
 pub struct NamespaceTable {
@@ -323,7 +327,13 @@ pub fn refresh(
         }
         Step::Check => check(maps, netns_cookie),
         // A namespace whose connects are not all seen is never vouched for.
-        Step::Seed if !coverage.covers(netns) => Ok(false),
+        Step::Seed if !coverage.covers(netns) => {
+            maps.lock()
+                .unwrap()
+                .retry
+                .insert(netns_cookie, Instant::now() + COVERAGE_RETRY);
+            Ok(false)
+        }
         Step::Seed => seed(maps, netns_cookie),
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, ensure};
 use serde::Serialize;
 use udpguard::sandbox::Sandbox;
 
-use crate::workload::Killed;
+use crate::workload::{FORWARDER_CPU, Killed, OTHERS_CPU, pin};
 
 /// The zone the authority answers every name under. Not under `test.`: Unbound answers that
 /// one itself (a default local zone), so queries would never go upstream.
@@ -58,10 +58,16 @@ fn forwarder_conf(dir: &Path) -> String {
 /// Both Unbounds, killed when dropped.
 pub struct Servers {
     _authority: Killed,
-    _forwarder: Killed,
+    forwarder: Killed,
 }
 
 impl Servers {
+    /// The forwarder's pid: the process whose sockets the guard checks (its one thread makes
+    /// every upstream socket, and the guard's programs run on it).
+    pub fn forwarder_pid(&self) -> u32 {
+        self.forwarder.pid()
+    }
+
     /// Writes their configurations into `dir` and starts them in the sandbox's guarded cgroup.
     pub fn start(sandbox: &Sandbox, dir: &Path) -> anyhow::Result<Servers> {
         // dnsperf 2.10 sends nothing when the namespace has a global IPv6 address: it picks
@@ -70,7 +76,7 @@ impl Servers {
         for addr in ["fd00::1/128", "fd00::2/128"] {
             sandbox.ip(&["addr", "del", addr, "dev", "lo"])?;
         }
-        let start = |name: &str, conf: String| -> anyhow::Result<Killed> {
+        let start = |name: &str, conf: String, cpu: usize| -> anyhow::Result<Killed> {
             let path = dir.join(format!("{name}.conf"));
             std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
             let check = std::process::Command::new("unbound-checkconf")
@@ -85,11 +91,12 @@ impl Servers {
             );
             let mut command = sandbox.command("unbound", true);
             command.arg("-d").arg("-c").arg(&path);
+            pin(&mut command, cpu);
             Killed::spawn_until(command, &format!("unbound ({name})"), "start of service")
         };
         Ok(Servers {
-            _authority: start("authority", authority_conf(dir))?,
-            _forwarder: start("forwarder", forwarder_conf(dir))?,
+            _authority: start("authority", authority_conf(dir), OTHERS_CPU)?,
+            forwarder: start("forwarder", forwarder_conf(dir), FORWARDER_CPU)?,
         })
     }
 }
@@ -110,8 +117,9 @@ static RUNS: AtomicU64 = AtomicU64::new(0);
 pub fn dnsperf(sandbox: &Sandbox, dir: &Path, seconds: f64) -> anyhow::Result<Perf> {
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let file = query_file(dir, run, (seconds * NAMES_PER_SECOND as f64).ceil() as u64)?;
-    let out = sandbox
-        .command("dnsperf", true)
+    let mut command = sandbox.command("dnsperf", true);
+    pin(&mut command, OTHERS_CPU);
+    let out = command
         .args(["-s", "127.0.0.1", "-p", &FORWARDER_PORT.to_string()])
         .arg("-d")
         .arg(&file)

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -28,6 +29,9 @@ pub const UDPGUARD: &str = env!("CARGO_BIN_EXE_udpguard");
 #[serde(rename_all = "snake_case")]
 pub enum Setup {
     NoGuard,
+    /// Empty programs on the hooks the guard uses (sock_create, connect4/6, sock_release): what
+    /// any program there costs on this kernel, the floor of every guard built on these hooks.
+    Floor,
     /// `udpguard attach`: the programs alone (no agent, so no fast path, and wildcard binds
     /// are not checked).
     Attach,
@@ -37,18 +41,19 @@ pub enum Setup {
 }
 
 impl Setup {
-    pub const ALL: [Setup; 3] = [Setup::NoGuard, Setup::Attach, Setup::Run];
+    pub const ALL: [Setup; 4] = [Setup::NoGuard, Setup::Floor, Setup::Attach, Setup::Run];
 
     pub fn label(self) -> &'static str {
         match self {
             Setup::NoGuard => "no guard",
+            Setup::Floor => "empty programs (floor)",
             Setup::Attach => "udpguard attach",
             Setup::Run => "udpguard run",
         }
     }
 
     /// The order of round `round`: each round starts with a different setup.
-    pub fn order(round: usize) -> [Setup; 3] {
+    pub fn order(round: usize) -> [Setup; 4] {
         let mut order = Setup::ALL;
         order.rotate_left(round % Setup::ALL.len());
         order
@@ -61,15 +66,18 @@ pub struct Setups<'a> {
     sandbox: &'a Sandbox,
     guard: Guard<'a>,
     agent: Option<Agent>,
+    /// The CPU the agent runs on, if pinned (see [`pin`]).
+    agent_cpu: Option<usize>,
     current: Setup,
 }
 
 impl<'a> Setups<'a> {
-    pub fn new(sandbox: &'a Sandbox) -> anyhow::Result<Setups<'a>> {
+    pub fn new(sandbox: &'a Sandbox, agent_cpu: Option<usize>) -> anyhow::Result<Setups<'a>> {
         Ok(Setups {
             sandbox,
             guard: Guard::new(&sandbox.cgroup)?,
             agent: None,
+            agent_cpu,
             current: Setup::NoGuard,
         })
     }
@@ -83,10 +91,11 @@ impl<'a> Setups<'a> {
         }
         match setup {
             Setup::NoGuard => self.guard.set(GuardSetup::NoProgram)?,
+            Setup::Floor => self.guard.set(GuardSetup::Floor)?,
             Setup::Attach => self.guard.set(GuardSetup::Enforce)?,
             Setup::Run => {
                 self.guard.set(GuardSetup::NoProgram)?;
-                self.agent = Some(Agent::start(self.sandbox)?);
+                self.agent = Some(Agent::start(self.sandbox, self.agent_cpu)?);
             }
         }
         self.current = setup;
@@ -129,8 +138,11 @@ pub struct Agent(Killed);
 
 impl Agent {
     /// Starts the agent and waits until its route mirror runs.
-    fn start(sandbox: &Sandbox) -> anyhow::Result<Agent> {
+    fn start(sandbox: &Sandbox, cpu: Option<usize>) -> anyhow::Result<Agent> {
         let mut command = sandbox.udpguard(Path::new(UDPGUARD));
+        if let Some(cpu) = cpu {
+            pin(&mut command, cpu);
+        }
         command
             .arg("run")
             .arg("--cgroup")
@@ -245,6 +257,31 @@ impl Drop for Killed {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The CPUs the resolver bench gives its processes, when the machine has two or more: the
+/// forwarder (whose thread the guard's programs run on) one to itself, everything else (the
+/// load generator, the authority, the agent) the other. Without it the scheduler moves them
+/// about and the queries per second swing by 5% from run to run, more than the cost measured.
+pub const FORWARDER_CPU: usize = 1;
+pub const OTHERS_CPU: usize = 0;
+
+/// Runs `command`'s process on one CPU (when the machine has more than one).
+pub fn pin(command: &mut Command, cpu: usize) {
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        return;
+    }
+    // SAFETY: the closure makes one async-signal-safe call on a set of its own.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

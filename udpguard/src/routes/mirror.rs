@@ -35,14 +35,15 @@ use crate::{
 
 /// How often the heartbeat is renewed (the kernel trusts it for `AGENT_TIMEOUT_NS`, 3 s).
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How often the threads look at the stop flag and the report queue.
-const TICK: Duration = Duration::from_millis(100);
+/// How often the threads look at the stop flag, and a watcher renews, sweeps or seeds its
+/// namespace's fast path (route changes and namespace reports wake them at once). Each
+/// wake-up of each namespace's thread costs CPU: 100 ms made an idle agent wake tens of times
+/// a second.
+const TICK: Duration = Duration::from_secs(1);
 /// Changes come in bursts (an address brings its routes): wait this long for the rest.
 const SETTLE: Duration = Duration::from_millis(30);
 /// How often the discovery thread looks for watched namespaces that nothing holds any more.
 const LIVENESS: Duration = Duration::from_secs(2);
-/// How often a watcher renews, sweeps or seeds its namespace's fast path, in ticks.
-const FAST_PATH_EVERY: u32 = 10;
 
 type Shared = Arc<Mutex<RouteMaps>>;
 
@@ -186,7 +187,8 @@ impl RouteMirror {
 
 /// Marks the watched namespaces that nothing but us holds any more: their watchers stop.
 fn mark_gone(watchers: &Watchers) {
-    let held = netns::in_use();
+    let wanted = watchers.lock().unwrap().keys().copied().collect();
+    let held = netns::held_of(&wanted);
     for (identity, watcher) in watchers.lock().unwrap().iter() {
         if !held.contains(identity) {
             watcher.gone.store(true, Ordering::Relaxed);
@@ -347,16 +349,11 @@ fn mirror_namespace(
             written.len()
         );
 
-        let mut quiet_ticks = 0;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            if let Some(fast) = context
-                .fast
-                .as_ref()
-                .filter(|_| quiet_ticks % FAST_PATH_EVERY == 0)
-            {
+            if let Some(fast) = context.fast.as_ref() {
                 let on = fastpath::refresh(fast, cookie, identity, &context.coverage);
                 if let Err(e) = on {
                     tracing::warn!("netns {cookie}: fast path off: {e:#}");
@@ -368,7 +365,6 @@ fn mirror_namespace(
                 while changes.wait_briefly()? {}
                 break;
             }
-            quiet_ticks += 1;
             if gone.load(Ordering::Relaxed) {
                 context.withdraw(cookie);
                 let mut maps = maps.lock().unwrap();

@@ -264,21 +264,35 @@ pub fn identity_of_task(task: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// The namespaces something other than us holds: a task (thread) of another process is in
-/// it, or it is bind-mounted (as `ip netns add` does under /run/netns). One pass over /proc for
-/// every namespace the mirror watches: a namespace missing from it is gone but for our own
-/// threads and sockets.
-pub fn in_use() -> HashSet<(u64, u64)> {
-    let mut held: HashSet<(u64, u64)> = crate::sys::procfs::others_tasks()
-        .filter_map(|task| identity_of_task(&task))
-        .collect();
+/// Which of the namespaces `wanted` something other than us holds: it is bind-mounted (as
+/// `ip netns add` does under /run/netns), or a task (thread) of another process is in it.
+/// Bind mounts are looked at first and the walk of /proc stops once every wanted namespace is
+/// found, so the usual answer ("all still held") costs a few lookups, not a statx per thread
+/// on the host: an idle agent did that walk every two seconds.
+pub fn held_of(wanted: &HashSet<(u64, u64)>) -> HashSet<(u64, u64)> {
+    let mut held = HashSet::new();
     for mount in std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
         .flatten()
     {
         if let Ok(m) = std::fs::metadata(mount.path()) {
-            held.insert((m.dev(), m.ino()));
+            let identity = (m.dev(), m.ino());
+            if wanted.contains(&identity) {
+                held.insert(identity);
+            }
+        }
+    }
+    if held.len() == wanted.len() {
+        return held;
+    }
+    for task in crate::sys::procfs::others_tasks() {
+        if let Some(identity) = identity_of_task(&task)
+            && wanted.contains(&identity)
+            && held.insert(identity)
+            && held.len() == wanted.len()
+        {
+            break;
         }
     }
     held
