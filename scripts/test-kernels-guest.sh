@@ -89,6 +89,8 @@ fi
 # The observability tests wait UDPGUARD_TEST_PATIENCE seconds for the agent (emulation is ~10x
 # slower than the host).
 export UDPGUARD_TEST_PATIENCE=${UDPGUARD_TEST_PATIENCE:-300}
+# Tests that bound how soon something happens scale the bound by this (emulation is ~10x slower).
+export UDPGUARD_TEST_SLOWDOWN=${UDPGUARD_TEST_SLOWDOWN:-10}
 run_alone() { # NAME PATH TEST
   local log=$out/logs/$1::$3 start rc secs
   start=$(date +%s)

@@ -23,10 +23,10 @@ const MMAPABLE: usize = aya_ebpf::bindings::BPF_F_MMAPABLE as usize;
 #[btf_map]
 static NAMESPACES: Array<NamespaceIndex, { NAMESPACE_SLOTS as usize }, MMAPABLE> = Array::new();
 
-/// The local ports unshared sockets connected from, per namespace (a bit per port; see
-/// [`note_unshared_port`]).
+/// The local ports unshared sockets connected from, per namespace (see [`note_unshared_port`]);
+/// the agent reads it through a shared mapping.
 #[btf_map]
-static UNSHARED_PORTS: Array<u64, { UNSHARED_PORT_WORDS as usize }> = Array::new();
+static UNSHARED_PORTS: Array<u64, { UNSHARED_PORT_WORDS as usize }, MMAPABLE> = Array::new();
 
 /// True when the claims hold every tuple held in this namespace.
 #[inline(always)]

@@ -14,8 +14,8 @@ use std::{
 };
 
 use udpguard_common::{
-    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, map_names, names::pin_of,
-    namespace_slot,
+    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, UNSHARED_PORT_WORDS, map_names,
+    names::pin_of, namespace_slot, unshared_port_bit,
 };
 
 use crate::{
@@ -153,9 +153,31 @@ impl NamespaceTable {
     }
 }
 
+/// The `UNSHARED_PORTS` bitmap, mapped read-only: the ports unshared sockets connected from.
+struct UnsharedPorts {
+    map: SharedArray,
+}
+
+impl UnsharedPorts {
+    fn open(dir: &Path) -> anyhow::Result<UnsharedPorts> {
+        let len = UNSHARED_PORT_WORDS as usize * size_of::<u64>();
+        let path = dir.join(pin_of(map_names::UNSHARED_PORTS));
+        let map = SharedArray::open(&path, "unshared-port bitmap", len, false)?;
+        Ok(UnsharedPorts { map })
+    }
+
+    /// True when an unshared socket connected from this local port (network order) of the
+    /// namespace, as the programs noted it.
+    fn noted(&self, netns_cookie: u64, port: u16) -> bool {
+        let (word, bit) = unshared_port_bit(netns_cookie, port);
+        self.map.word(word as usize * size_of::<u64>()).load(SeqCst) & bit != 0
+    }
+}
+
 pub struct FastPathMaps {
     namespaces: NamespaceTable,
     claims: ClaimTable,
+    unshared_ports: UnsharedPorts,
     /// Per namespace with the fast path: when it was last dumped.
     swept: StdHashMap<u64, Instant>,
     /// The dumps since the last walk of the claim table, by namespace.
@@ -174,6 +196,7 @@ impl FastPathMaps {
         Ok(FastPathMaps {
             namespaces: NamespaceTable::open(&attachment.dir, true)?,
             claims: attachment.claim_table(true)?,
+            unshared_ports: UnsharedPorts::open(&attachment.dir)?,
             swept: StdHashMap::new(),
             dumped: StdHashMap::new(),
             walked: Instant::now(),
@@ -343,7 +366,14 @@ fn check(maps: &std::sync::Mutex<FastPathMaps>, netns_cookie: u64) -> anyhow::Re
     let began = clock::jiffies()?;
     let held = held_tuples(netns_cookie)?;
     let mut maps = maps.lock().unwrap();
-    let missing = held.keys().filter(|key| !maps.claims.contains(key)).count();
+    // A tuple held from a port an unshared socket connected from need not be claimed: every
+    // connect from that port is looked up.
+    let missing = held
+        .keys()
+        .filter(|key| {
+            !maps.claims.contains(key) && !maps.unshared_ports.noted(netns_cookie, key.local_port)
+        })
+        .count();
     if missing > 0 && maps.is_on(netns_cookie) {
         // The claims should hold every tuple here: something connected unseen.
         tracing::warn!(

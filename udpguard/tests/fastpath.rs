@@ -76,6 +76,49 @@ fn a_port_an_unshared_socket_connected_from_is_looked_up_on_the_fast_path() {
 }
 
 #[test]
+fn a_held_unshared_socket_keeps_the_fast_path_on_through_the_agents_checks() {
+    let sb = Sandbox::new("fast-unshared-held");
+    let _agent = Agent::start(&sb);
+    sb.py(REPORT);
+    wait_fast_path(&sb, true);
+    // An unshared socket holds a tuple the claims do not: its port is noted, and the agent's
+    // check (a dump every 10 s) must not take that for an unseen connect.
+    let mut holder = sb
+        .command("python3", true)
+        .args([
+            "-c",
+            "import socket,time\n\
+             a=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             a.bind(('127.0.0.1',4444)); a.connect(('127.0.0.1',1111))\n\
+             print('held',flush=True); time.sleep(60)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the holder");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    assert_eq!(sb.counter("unshared"), 1);
+    // Through at least one check: the fast path never goes off (a withdrawal is seeded again
+    // within a second, so it is watched all along).
+    let until = Instant::now() + Duration::from_secs(13);
+    let mut off = 0;
+    while Instant::now() < until {
+        if sb.status()["attachments"][0]["fast_path_namespaces"].as_u64() != Some(1) {
+            off += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(off, 0, "the fast path went off at the agent's check");
+}
+
+#[test]
 fn sockets_connected_before_are_indexed_from_a_dump() {
     let sb = Sandbox::new("fast-seed");
     // A holder connected before anything is attached, kept alive in the cgroup.

@@ -20,6 +20,18 @@ impl Deref for Sandbox {
     }
 }
 
+/// How many times slower than a host this machine runs the tests: `UDPGUARD_TEST_SLOWDOWN`
+/// (default 1). The kernel matrix's guests run under QEMU's software emulation, about ten
+/// times slower, and set it; tests that bound how soon something happens scale their bounds
+/// by it (a bound there only catches what never happens).
+#[allow(dead_code)] // not every test binary bounds a time
+pub fn slowdown() -> u32 {
+    std::env::var("UDPGUARD_TEST_SLOWDOWN").map_or(1, |s| {
+        s.parse()
+            .unwrap_or_else(|_| panic!("UDPGUARD_TEST_SLOWDOWN={s:?} is not a whole number"))
+    })
+}
+
 /// The stdout of a CLI run (`args`), failing the test with both outputs unless it succeeded.
 pub fn succeeded(args: &[&str], out: Output) -> String {
     assert!(
