@@ -187,7 +187,10 @@ pub fn claim(
     indexed: bool,
     held: impl FnOnce() -> bool,
 ) -> Claimed {
-    let (me, now) = (memo.cookie(), memo.now());
+    // The claim's time is read here, not earlier in the connect: a socket born after it is
+    // taken for a newcomer, so it must not be older than the moment the claim is made.
+    // SAFETY: a plain helper call.
+    let (me, now) = (memo.cookie(), unsafe { bpf_ktime_get_ns() });
     let tag = key.tag();
     let mask = claim_mask();
     let (Some(primary), Some(spill)) = (

@@ -209,11 +209,16 @@ fn the_fast_path_turns_itself_off_when_the_agent_dies() {
     let agent = Agent::start(&sb);
     sb.py(REPORT);
     wait_fast_path(&sb, true);
-    // Killed, it withdraws nothing: its word holds until the lease (10 s) runs out.
+    // Killed, it withdraws nothing: its word holds until the lease (10 s) runs out. (Said
+    // only when the connect came well within the lease: under emulation starting python
+    // takes seconds.)
     agent.kill();
+    let killed = Instant::now();
     let before = sb.counter("indexed");
     sb.py(REPORT);
-    assert_eq!(sb.counter("indexed") - before, 1, "{}", sb.status());
+    if killed.elapsed() < Duration::from_secs(5) {
+        assert_eq!(sb.counter("indexed") - before, 1, "{}", sb.status());
+    }
     wait_fast_path_for(&sb, false, Duration::from_secs(15));
     // Nobody checks the namespace now: an outsider's tuple is refused to a newcomer inside,
     // by the full lookup.

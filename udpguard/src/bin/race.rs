@@ -67,6 +67,9 @@ struct Report {
     with_guard: Tally,
     /// Connects the guard refused through a racer's claim rather than the kernel's lookup.
     caught_by_claims: u64,
+    /// Claims taken over as stale (older than 10 ms with no holder): a racer paused that long
+    /// between its hook and the kernel hashing it looks like one whose connect failed.
+    stale_claims: u64,
 }
 
 fn main() -> ExitCode {
@@ -100,15 +103,17 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
         ..Default::default()
     })?;
     let with_guard = run_worker(&sandbox, cli.racers, cli.rounds)?;
-    let caught_by_claims = udpguard::status::collect()
+    let counters = udpguard::status::collect()
         .attachments
         .first()
-        .and_then(|a| a.counters.get(Counter::Raced.name()).copied())
-        .unwrap_or(0);
+        .map(|a| a.counters.clone())
+        .unwrap_or_default();
+    let counter = |c: Counter| counters.get(c.name()).copied().unwrap_or(0);
     let report = Report {
         without_guard,
         with_guard,
-        caught_by_claims,
+        caught_by_claims: counter(Counter::Raced),
+        stale_claims: counter(Counter::StaleClaims),
     };
     if cli.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -128,8 +133,9 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
             );
         }
         println!(
-            "racers refused through a claim (the lookup alone would have let them by): {}",
-            report.caught_by_claims
+            "racers refused through a claim (the lookup alone would have let them by): {}; \
+             claims taken over as stale: {}",
+            report.caught_by_claims, report.stale_claims
         );
     }
     if report.with_guard.rounds_with_duplicates > 0 {
