@@ -696,9 +696,9 @@ fn born_of(cookie: u64) -> u64 {
     let Some(birth) = BIRTHS.get_ptr(birth_slot(cookie)) else {
         return 0;
     };
-    // SAFETY: a pointer into the array. A birth overwritten between the two reads by one born
-    // BIRTH_SLOTS sockets later reads as that one's (younger): only with that many sockets
-    // created in FRESH_NS.
+    // SAFETY: a pointer into the array. Its writer stores the cookie first and we read the
+    // birth first, so a place being taken by the socket born BIRTH_SLOTS cookies later reads
+    // as another's: no birth (old), never a wrong one.
     unsafe {
         let born = ptr::read_volatile(&(*birth).born);
         if ptr::read_volatile(&(*birth).cookie) == cookie {

@@ -154,7 +154,7 @@ fn run_worker(sandbox: &Sandbox, racers: usize, rounds: u64) -> anyhow::Result<T
         .output()
         .context("running the race worker")?;
     if !out.status.success() {
-        bail!("the race worker failed");
+        bail!("the race worker failed ({})", out.status);
     }
     serde_json::from_slice(&out.stdout).context("reading the worker's tally")
 }
