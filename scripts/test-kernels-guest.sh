@@ -82,9 +82,10 @@ if [ ! -s "$out/tests" ]; then
   smoke
 fi
 
-# Each test binary runs whole, one test at a time (--test-threads=1), under a timeout of TIMEOUT
-# seconds per test it holds: one process per binary, not per test (starting a test binary under
-# emulation costs seconds). libtest's "test NAME ... ok|FAILED|ignored" lines give the result of
+# Each test binary runs whole, two tests at a time (the guest's two vCPUs; each test has its own
+# cgroup, namespace and pin root, as on the host), under a timeout of TIMEOUT seconds per test
+# it holds: one process per binary, not per test (starting a test binary under emulation costs
+# seconds). libtest's "test NAME ... ok|FAILED|ignored" lines give the result of
 # each; a test the binary never reported on (it hung, or the binary died) is run again alone.
 # The observability tests wait UDPGUARD_TEST_PATIENCE seconds for the agent (emulation is ~10x
 # slower than the host).
@@ -120,7 +121,7 @@ while read -r name path dir; do
   log=$out/logs/$name
   start=$(date +%s)
   # shellcheck disable=SC2086
-  timeout --kill-after=10 $((TIMEOUT * count)) "$path" --test-threads=1 ${FILTER:-} > "$log" 2>&1
+  timeout --kill-after=10 $((TIMEOUT * count)) "$path" --test-threads=2 ${FILTER:-} > "$log" 2>&1
   secs=$(($(date +%s) - start))
   for t in $tests; do
     line=$(grep -m1 -E "^test $t \.\.\. " "$log" || true)

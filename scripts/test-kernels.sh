@@ -98,11 +98,14 @@ for spec in "${kernels[@]}"; do
     printf 'PY_DIR=%q\nUDPGUARD=%q\nPKG_DIR=%q\nTIMEOUT=%q\nFILTER=%q\n' \
       "$py_dir" "$udpguard_bin" "$root/udpguard" "$timeout_test" "${UDPGUARD_TEST_FILTER:-}"
   } > "$out/env"
+  # A copy: bash reads a script as it runs it, and an edit of the checkout would reach a guest
+  # in the middle of its run.
+  cp scripts/test-kernels-guest.sh "$out/guest.sh"
   say "booting $release ($sel); console in $out/console.log"
   start=$(date +%s)
   rc=0
   timeout --kill-after=30 "$timeout_guest" vng --force-9p --disable-kvm --run "$vmlinuz" --memory 4G --cpus 2 \
-    --rodir="$moddir" --rwdir="$out" --exec "bash $root/scripts/test-kernels-guest.sh $out" > "$out/console.log" 2>&1 < /dev/null || rc=$?
+    --rodir="$moddir" --rwdir="$out" --exec "bash $out/guest.sh $out" > "$out/console.log" 2>&1 < /dev/null || rc=$?
   secs=$(($(date +%s) - start))
   if [ -s "$out/summary" ]; then
     read -r p f < "$out/summary"

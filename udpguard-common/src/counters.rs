@@ -58,8 +58,8 @@ pub enum Counter {
     /// let no other socket bind its address and port (sharing one takes both sockets having a
     /// reuse option when the second binds), and no other can hold its 4-tuple. Not a reason
     /// the guard failed to check: most client sockets (a resolver's upstream queries) are
-    /// these. The one way around it, not seen here: a socket that cleared its option after
-    /// binding a shared port (see the limits in docs/decision.md).
+    /// these. A socket that cleared its option after binding beside shared ones is checked in
+    /// full where the guard saw a shared socket connect from that port (see `ports`).
     Unshared = 17,
 }
 

@@ -14,6 +14,7 @@ pub mod events;
 pub mod meta;
 pub mod names;
 pub mod namespaces;
+pub mod ports;
 pub mod records;
 pub mod routes;
 pub mod time;
@@ -24,10 +25,8 @@ pub use counters::{COUNTER_SLOTS, Counter, Counters};
 pub use events::{ConflictEvent, action};
 pub use meta::AttachMeta;
 pub use names::{map_names, program_names};
-pub use namespaces::{
-    INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, UNSHARED_PORT_WORDS, namespace_slot,
-    unshared_port_bit,
-};
+pub use namespaces::{INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot};
+pub use ports::{PORT_NOTE_WORDS, port_note_bit};
 pub use records::{BIRTH_SLOTS, Birth, SocketRecord, birth_slot};
 pub use routes::{
     AGENT_TIMEOUT_NS, AgentState, NetnsEvent, ROUTE_MODELED, Route4, Route6, netns_state,

@@ -31,16 +31,18 @@ pub mod map_names {
     /// Array of [`crate::NamespaceIndex`]es (memory-mappable), one per
     /// [`crate::namespace_slot`].
     pub const NAMESPACES: &str = "NAMESPACES";
-    /// Bitmap (an array of `u64`): the local ports unshared sockets connected from, per chunk
-    /// of namespaces (see [`crate::unshared_port_bit`]).
+    /// Bitmap (an array of `u64`, memory-mappable): the local ports unshared sockets connected
+    /// from, per chunk of namespaces (see [`crate::ports`]).
     pub const UNSHARED_PORTS: &str = "UNSHARED_PORTS";
+    /// Bitmap, likewise: the local ports shared sockets (with a reuse option) connected from.
+    pub const SHARED_PORTS: &str = "SHARED_PORTS";
     /// Per-CPU array of one socket cookie: the last connect the guard's programs saw on this
     /// CPU, for the watch program on an ancestor cgroup.
     pub const SEEN: &str = "SEEN";
 }
 
 /// Every map an attachment pins, and the name of its pin in the attachment's directory.
-pub const MAP_PINS: [(&str, &str); 15] = [
+pub const MAP_PINS: [(&str, &str); 16] = [
     (map_names::CONFIG, "config"),
     (map_names::COUNTERS, "counters"),
     (map_names::META, "meta"),
@@ -55,6 +57,7 @@ pub const MAP_PINS: [(&str, &str); 15] = [
     (map_names::NETNS_EVENTS, "netns_events"),
     (map_names::NAMESPACES, "namespaces"),
     (map_names::UNSHARED_PORTS, "unshared_ports"),
+    (map_names::SHARED_PORTS, "shared_ports"),
     (map_names::SEEN, "seen"),
 ];
 

@@ -20,29 +20,6 @@ pub const fn namespace_slot(netns_cookie: u64) -> u32 {
     netns_cookie as u32 & (NAMESPACE_SLOTS - 1)
 }
 
-/// Chunks of the `UNSHARED_PORTS` bitmap, one per group of namespace slots.
-pub const UNSHARED_PORT_CHUNKS: u32 = 16;
-
-/// Ports per bit of `UNSHARED_PORTS`: 64, so a namespace's whole port space is 1,024 bits, two
-/// cache lines that stay hot (a bit per port spread a busy client's connects over 8 KiB, and
-/// each touched a cold line). A bit stands for 64 neighbouring ports: a connect from any of
-/// them is looked up (slower, never wrong); servers' ports lie far below the ephemeral range
-/// that clients' unshared sockets use.
-pub const PORTS_PER_UNSHARED_BIT: u32 = 64;
-
-/// Words (`u64`) in the `UNSHARED_PORTS` bitmap (2 KiB).
-pub const UNSHARED_PORT_WORDS: u32 = UNSHARED_PORT_CHUNKS * (65536 / PORTS_PER_UNSHARED_BIT / 64);
-
-/// Where the `UNSHARED_PORTS` bitmap keeps a local port (in network order, as the programs
-/// hold it) of a namespace: its word and its bit. Namespaces in one chunk share their ports'
-/// bits (a bit set for one makes the others look the port up: slower, never wrong).
-#[inline(always)]
-pub const fn unshared_port_bit(netns_cookie: u64, port_be: u16) -> (u32, u64) {
-    let group = u16::from_be(port_be) as u32 / PORTS_PER_UNSHARED_BIT;
-    let chunk = namespace_slot(netns_cookie) & (UNSHARED_PORT_CHUNKS - 1);
-    (chunk * (1024 / 64) + (group >> 6), 1 << (group & 63))
-}
-
 /// How long, in seconds, the agent's word for a namespace lasts unless renewed (it renews
 /// every second): if the agent dies, nobody seeds or sweeps, so the fast path turns itself off.
 pub const INDEX_LEASE_SECS: u64 = 10;
@@ -120,34 +97,5 @@ mod tests {
         assert!(!off.complete_for(4097, 2_000));
         assert_eq!(namespace_slot(4097), namespace_slot(1));
         assert_eq!(core::mem::size_of::<NamespaceIndex>(), 64);
-    }
-
-    #[test]
-    fn a_namespace_s_ports_lie_in_two_cache_lines_of_its_chunk_64_to_a_bit() {
-        extern crate std;
-        let mut bits = std::collections::HashSet::new();
-        let mut words = std::collections::HashSet::new();
-        for port in 0..=u16::MAX {
-            let (word, bit) = unshared_port_bit(4097, port.to_be());
-            assert!(word < UNSHARED_PORT_WORDS);
-            assert_eq!(bit.count_ones(), 1);
-            bits.insert((word, bit));
-            words.insert(word);
-        }
-        assert_eq!(bits.len(), 1024, "64 ports to a bit");
-        assert_eq!(words.len(), 16, "two cache lines");
-        let same =
-            |a: u16, b: u16| unshared_port_bit(9, a.to_be()) == unshared_port_bit(9, b.to_be());
-        assert!(
-            same(32768, 32831) && !same(32767, 32768),
-            "neighbouring ports in host order"
-        );
-        assert!(!same(443, 33000));
-        let chunk = |cookie| unshared_port_bit(cookie, 0).0 / 16;
-        assert_ne!(
-            chunk(1),
-            chunk(2),
-            "neighbouring namespaces use different chunks"
-        );
     }
 }

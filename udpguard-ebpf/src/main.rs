@@ -20,6 +20,7 @@
 
 mod claims;
 mod fastpath;
+mod ports;
 mod routes;
 mod watch;
 
@@ -246,7 +247,7 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
             // Only an agent vouches for a namespace's index; one that starts later seeds this
             // socket's tuple from its dump.
             if CLAIMS && routes::agent_started() {
-                fastpath::note_unshared_port(memo.netns(), local_port);
+                ports::note_unshared(memo.netns(), local_port);
             }
             ALLOW
         }
@@ -345,9 +346,18 @@ unsafe fn decide<const CLAIMS: bool>(
             return Verdict::Autobind;
         }
         // Two sockets share an address and port only if both had SO_REUSEADDR (or both
-        // SO_REUSEPORT) when the second bound: a socket with neither holds its port alone.
-        if !shares_port(ctx) {
-            return Verdict::Unshared { local_port };
+        // SO_REUSEPORT) when the second bound: a socket with neither holds its port alone,
+        // unless it cleared its option after binding beside shared sockets (an adversary's
+        // way to take a victim's tuple): from a port shared ones connected from, check it.
+        // (The older-kernel build, without atomics to note ports with, checks every socket.)
+        if CLAIMS {
+            let shared = shares_port(ctx);
+            if !shared && !ports::shared_seen(memo.netns(), local_port) {
+                return Verdict::Unshared { local_port };
+            }
+            if shared {
+                ports::note_shared(memo.netns(), local_port);
+            }
         }
         let tuple = match tuple_after_connect(ctx, sk, hook, memo) {
             Ok(tuple) => tuple,
@@ -366,7 +376,7 @@ unsafe fn decide<const CLAIMS: bool>(
         // connected from (it holds its tuple without a claim).
         if CLAIMS
             && fastpath::index_complete(netns)
-            && !fastpath::unshared_port_seen(netns, tuple.local_port)
+            && !ports::unshared_seen(netns, tuple.local_port)
         {
             return Verdict::NoHolderSeen {
                 tuple,

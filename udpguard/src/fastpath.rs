@@ -14,8 +14,8 @@ use std::{
 };
 
 use udpguard_common::{
-    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, UNSHARED_PORT_WORDS, map_names,
-    names::pin_of, namespace_slot, unshared_port_bit,
+    ClaimKey, INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, PORT_NOTE_WORDS, map_names,
+    names::pin_of, namespace_slot, port_note_bit,
 };
 
 use crate::{
@@ -153,23 +153,23 @@ impl NamespaceTable {
     }
 }
 
-/// The `UNSHARED_PORTS` bitmap, mapped read-only: the ports unshared sockets connected from.
-struct UnsharedPorts {
+/// A port-note bitmap (`UNSHARED_PORTS`, `SHARED_PORTS`; see `udpguard_common::ports`),
+/// mapped read-only.
+struct PortNotes {
     map: SharedArray,
 }
 
-impl UnsharedPorts {
-    fn open(dir: &Path) -> anyhow::Result<UnsharedPorts> {
-        let len = UNSHARED_PORT_WORDS as usize * size_of::<u64>();
-        let path = dir.join(pin_of(map_names::UNSHARED_PORTS));
-        let map = SharedArray::open(&path, "unshared-port bitmap", len, false)?;
-        Ok(UnsharedPorts { map })
+impl PortNotes {
+    fn open(dir: &Path, map: &str) -> anyhow::Result<PortNotes> {
+        let len = PORT_NOTE_WORDS as usize * size_of::<u64>();
+        let path = dir.join(pin_of(map));
+        let map = SharedArray::open(&path, "port-note bitmap", len, false)?;
+        Ok(PortNotes { map })
     }
 
-    /// True when an unshared socket connected from this local port (network order) of the
-    /// namespace, as the programs noted it.
+    /// True when the programs noted this local port (network order) of the namespace.
     fn noted(&self, netns_cookie: u64, port: u16) -> bool {
-        let (word, bit) = unshared_port_bit(netns_cookie, port);
+        let (word, bit) = port_note_bit(netns_cookie, port);
         self.map.word(word as usize * size_of::<u64>()).load(SeqCst) & bit != 0
     }
 }
@@ -177,7 +177,7 @@ impl UnsharedPorts {
 pub struct FastPathMaps {
     namespaces: NamespaceTable,
     claims: ClaimTable,
-    unshared_ports: UnsharedPorts,
+    unshared_ports: PortNotes,
     /// Per namespace with the fast path: when it was last dumped.
     swept: StdHashMap<u64, Instant>,
     /// The dumps since the last walk of the claim table, by namespace.
@@ -196,7 +196,7 @@ impl FastPathMaps {
         Ok(FastPathMaps {
             namespaces: NamespaceTable::open(&attachment.dir, true)?,
             claims: attachment.claim_table(true)?,
-            unshared_ports: UnsharedPorts::open(&attachment.dir)?,
+            unshared_ports: PortNotes::open(&attachment.dir, map_names::UNSHARED_PORTS)?,
             swept: StdHashMap::new(),
             dumped: StdHashMap::new(),
             walked: Instant::now(),

@@ -351,6 +351,7 @@ pub fn attach_watch(dir: &Path, scope: &Cgroup) -> Result<Links> {
         .map_max_entries(map_names::EVENTS, 4096)
         .map_max_entries(map_names::BIRTHS, 1)
         .map_max_entries(map_names::UNSHARED_PORTS, 1)
+        .map_max_entries(map_names::SHARED_PORTS, 1)
         .map_pin_path(map_names::NAMESPACES, &namespaces)
         .map_pin_path(map_names::SEEN, &seen)
         .load(OBJECT)
