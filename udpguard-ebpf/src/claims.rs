@@ -34,7 +34,7 @@ use udpguard_common::{
     time::{FRESH_NS, fresh_at},
 };
 
-use crate::{Memo, fastpath};
+use crate::{Memo, fastpath, opaque};
 
 /// The agent seeds the table through a shared mapping, with the same steps.
 const MMAPABLE: usize = aya_ebpf::bindings::BPF_F_MMAPABLE as usize;
@@ -308,7 +308,7 @@ fn find_in(bucket: Bucket, tag: u64) -> Found {
             return Found {
                 kind: CLAIM,
                 bucket,
-                way,
+                way: opaque::way(way),
                 copy: snapshot(bucket, way),
             };
         }
@@ -344,7 +344,7 @@ fn free_way(bucket: Bucket) -> Found {
                 kind: FREE,
                 ..Found::none(bucket)
             }
-            .at(way);
+            .at(opaque::way(way));
         }
     }
     Found::none(bucket)
@@ -359,7 +359,7 @@ fn stale_way(bucket: Bucket, now: u64) -> Found {
             return Found {
                 kind: STALE,
                 bucket,
-                way,
+                way: opaque::way(way),
                 copy,
             };
         }

@@ -20,6 +20,7 @@
 
 mod claims;
 mod fastpath;
+mod opaque;
 mod ports;
 mod routes;
 mod watch;
@@ -265,8 +266,15 @@ fn on_connect<const SET_RETVAL: bool, const CLAIMS: bool>(
             device,
             looked_up,
         } => {
-            // The lookup is skipped only where the claims index the namespace.
-            let indexed = !looked_up;
+            // The lookup is skipped only where the claims index the namespace. (These values
+            // go through `opaque`: the verifier then checks what follows once, not once per
+            // way each was reached.)
+            let indexed = opaque::flag(!looked_up);
+            let device = opaque::word(device);
+            let tuple = Tuple {
+                v6: opaque::flag(tuple.v6),
+                ..tuple
+            };
             // The lookup cannot see device-bound holders: a device-bound connect is fully
             // checked only where the claims index the namespace.
             let sure = indexed || device == 0;
