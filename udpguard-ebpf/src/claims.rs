@@ -495,13 +495,15 @@ fn publish(slot: *mut ClaimSlot, mine: &ClaimSlot, now: u64) -> u64 {
     order
 }
 
-/// True when a way other than the caller's (`bucket`, `way`) holds `tag`, in the tag's
-/// primary or, if that has spilled, its spill bucket.
 /// True when another way at a lower place than the caller's (`bucket`, `way`) holds `tag`:
 /// the primary bucket's ways come before the spill bucket's, then by way.
 #[inline(always)]
 fn claimed_below(primary: Bucket, bucket: Bucket, way: usize, tag: u64) -> bool {
     let in_spill = bucket.index != primary.index;
+    // Compared below as a copy of its own: a verifier before 6.8 explores both sides of
+    // `6 > way` even where `way` is known to be 6 or 7, and the caller's `way`, narrowed to
+    // nothing on that side, then addressed a slot the 6.1 verifier refused.
+    let way = opaque::way(way);
     let mut found = false;
     for other in 0..CLAIM_WAYS {
         let below = in_spill || other < way;
