@@ -1,8 +1,9 @@
 //! Fault points for the tests: `UDPGUARD_FAULT_AT=<point>` makes the process kill itself
 //! (SIGKILL, which nothing can catch or clean up after) when it reaches that point, so that a
 //! test can leave every state an interrupted `attach` or `detach` can leave;
-//! `UDPGUARD_PAUSE_AT=<point>` makes it wait there for two seconds, so that a test can signal
-//! it midway. Unset, a point costs two environment lookups.
+//! `UDPGUARD_PAUSE_AT=<point>` makes it say so on stderr ("paused at <point>") and wait there
+//! for two seconds, so that a test can signal it midway, however slow the machine is to get
+//! there. Unset, a point costs two environment lookups.
 
 /// Dies (or waits) here if the tests asked for it.
 pub fn point(name: &str) {
@@ -11,6 +12,7 @@ pub fn point(name: &str) {
         unsafe { libc::raise(libc::SIGKILL) };
     }
     if std::env::var_os("UDPGUARD_PAUSE_AT").is_some_and(|at| at == name) {
+        eprintln!("paused at {name}");
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
 }

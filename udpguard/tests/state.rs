@@ -5,6 +5,7 @@
 mod common;
 
 use std::{
+    io::{BufRead as _, BufReader, Read as _},
     os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
     path::Path,
     process::{Command, Stdio},
@@ -307,18 +308,28 @@ fn sigint_in_the_middle_of_an_attach_lets_it_finish() {
         .env("UDPGUARD_PAUSE_AT", "attach:pinned")
         .args(["attach", "--cgroup", sb.cgroup.to_str().unwrap()])
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Signalled once it says it is at the pause (a fixed sleep came too early in emulated guests,
+    // where an attach takes seconds to get there).
+    let mut stderr = BufReader::new(attach.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("paused at attach:pinned") {
+        let before = said.len();
+        stderr.read_line(&mut said).unwrap();
+        assert!(said.len() > before, "attach ended before its pause: {said}");
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(attach.id() as i32, libc::SIGINT) };
+    stderr.read_to_string(&mut said).unwrap();
     let status = attach.wait().unwrap();
     // The signal waits until the attachment is whole, then takes effect.
     assert!(
         status.success() || status.signal() == Some(libc::SIGINT),
-        "{status}"
+        "{status}: {said}"
     );
-    assert_eq!(sb.status()["attachments"][0]["state"], "attached");
+    assert_eq!(sb.status()["attachments"][0]["state"], "attached", "{said}");
     assert_eq!(our_dirs(&sb.pin_root).len(), 1);
     assert_eq!(sb.py(SEED), ["ok", "EPERM"]);
 }
