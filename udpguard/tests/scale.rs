@@ -18,8 +18,9 @@ const PER_PROCESS: usize = 19_000;
 /// Tables with room for them all, whatever the machine's memory (the default is a share of it:
 /// a 4 GiB VM's tables hold 114,688 claims), so that these tests measure soundness with room
 /// and `tables_too_small_for_the_load_fail_open` without. Room means the claim table as loaded
-/// as the default one on a 24 GiB host (1.2 claims a bucket): with `200k` (2.3 a bucket) two
-/// buckets of the 65,536 filled by chance and 4 claims were evicted (6.12 guest).
+/// as the default one on a 24 GiB host (1.2 claims a bucket): with `200k` (2.3 a bucket), 178
+/// of the 65,536 buckets spilled and 4 claims found their bucket and its spill bucket full and
+/// evicted another (6.12 guest).
 const ROOM: &str = "400k";
 
 /// Holds `PER_PROCESS` connected sockets, each its own tuple, until stdin closes. Process `k`
@@ -33,7 +34,7 @@ if hard < want:
     # A VM's init leaves the kernel's default hard limit (4,096); root there may raise it.
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-        soft = hard = want
+        hard = want
     except (ValueError, OSError):
         sys.exit(f"the open-file limit is {hard} and cannot be raised to {want}")
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
