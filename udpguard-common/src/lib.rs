@@ -16,6 +16,7 @@ pub mod names;
 pub mod namespaces;
 pub mod ports;
 pub mod records;
+pub mod reuse;
 pub mod routes;
 pub mod time;
 
@@ -27,7 +28,7 @@ pub use meta::AttachMeta;
 pub use names::{map_names, program_names};
 pub use namespaces::{INDEX_LEASE_SECS, NAMESPACE_SLOTS, NamespaceIndex, namespace_slot};
 pub use ports::{PORT_NOTE_WORDS, port_note_bit};
-pub use records::{BIRTH_SLOTS, Birth, SocketRecord, birth_slot};
+pub use records::{BIRTH_SLOTS, Birth, CLAIM_CLOCK, SocketRecord, birth_slot};
 pub use routes::{
     AGENT_TIMEOUT_NS, AgentState, NetnsEvent, ROUTE_MODELED, Route4, Route6, netns_state,
     route_key4, route_key6,

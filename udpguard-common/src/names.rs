@@ -16,7 +16,8 @@ pub mod map_names {
     pub const CLAIMS: &str = "CLAIMS";
     /// Array of [`crate::SocketRecord`]s, sized at load time.
     pub const RECORDS: &str = "RECORDS";
-    /// Array of [`crate::Birth`]s, [`crate::BIRTH_SLOTS`] of them, direct-mapped by cookie.
+    /// Array of [`crate::Birth`]s, [`crate::BIRTH_SLOTS`] of them, direct-mapped by cookie,
+    /// and the claim clock ([`crate::CLAIM_CLOCK`]).
     pub const BIRTHS: &str = "BIRTHS";
     /// LPM trie: (netns cookie, IPv4 destination prefix) -> [`crate::Route4`], kept by the agent.
     pub const ROUTES4: &str = "ROUTES4";
@@ -144,6 +145,10 @@ pub mod global_names {
     pub const CLAIM_MASK: &str = "CLAIM_MASK";
     /// Places in the socket records, less one.
     pub const RECORD_MASK: &str = "RECORD_MASK";
+    /// The word of the socket's first bytes that holds its reuse options (see `reuse`).
+    pub const REUSE_WORD: &str = "REUSE_WORD";
+    /// The bits of both reuse options in that word; 0: ask `bpf_getsockopt`.
+    pub const REUSE_MASK: &str = "REUSE_MASK";
 }
 
 #[cfg(test)]

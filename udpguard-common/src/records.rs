@@ -14,6 +14,14 @@
 //! direct-mapped by cookie in a fixed array, with one plain store per socket created: a birth
 //! is lost only when [`BIRTH_SLOTS`] sockets are created within `FRESH_NS`, and a socket
 //! without one counts as old (only ever refused, in a race, never let through wrongly).
+//!
+//! A birth is not a clock reading (one took ~90 ns of every socket's creation on a VM) but the
+//! order of the newest claim made before it, which every claim publishes in the place
+//! [`CLAIM_CLOCK`] before its way: it is never later than the socket's real creation, so a
+//! socket created before a claim is born before it (a possible racer, as with a clock), and one
+//! created after a claim was published is born at or after it (a newcomer). Only a socket
+//! created in the instant between a claim's clock read and its publication counts as older
+//! than it is, which can only refuse it, in a race, never let one through.
 
 use crate::time::fresh_at;
 
@@ -23,6 +31,10 @@ pub const RECORD_PROBES: u32 = 4;
 /// Places in `BIRTHS` (16 bytes each: 1 MiB). Sockets created faster than this many per
 /// `FRESH_NS` (6.5 million a second) overwrite births still young.
 pub const BIRTH_SLOTS: u32 = 1 << 16;
+
+/// The place in `BIRTHS`, after the births, whose `born` is the order of the newest claim made
+/// (its `cookie` stays 0). `BIRTHS` has `BIRTH_SLOTS + 1` places.
+pub const CLAIM_CLOCK: u32 = BIRTH_SLOTS;
 
 /// The place of a socket's birth in `BIRTHS`.
 #[inline(always)]
@@ -36,7 +48,7 @@ pub const fn birth_slot(cookie: u64) -> u32 {
 pub struct Birth {
     /// The socket's cookie (a place holds the last socket born there).
     pub cookie: u64,
-    /// `CLOCK_MONOTONIC` nanoseconds.
+    /// The order (`CLOCK_MONOTONIC` nanoseconds) of the newest claim made before it; 0: none.
     pub born: u64,
 }
 
@@ -153,6 +165,10 @@ mod tests {
         assert_eq!(birth_slot(5), birth_slot(5 + BIRTH_SLOTS as u64));
         assert_ne!(birth_slot(5), birth_slot(6));
         assert!(birth_slot(u64::MAX) < BIRTH_SLOTS);
+        assert!(
+            birth_slot(u64::MAX) < CLAIM_CLOCK,
+            "no socket's birth is the claim clock"
+        );
         assert_eq!(core::mem::size_of::<Birth>(), 16);
         assert_eq!(core::mem::size_of::<SocketRecord>(), 24);
     }

@@ -24,8 +24,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use udpguard_common::{
-    BIRTH_SLOTS, Birth, CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER, SocketRecord,
-    birth_slot,
+    BIRTH_SLOTS, Birth, CLAIM_CLOCK, CLAIM_WAYS, ClaimBucket, ClaimKey, ClaimSlot, SEEDED_ORDER,
+    SocketRecord, birth_slot,
     claims::{
         Claimant, Contest, DISOWNED, WRITING, claim_flags, claim_ref, contest, primary_bucket,
         spill_bucket, way_of_ref,
@@ -48,9 +48,10 @@ static CLAIMS: Array<ClaimBucket, 1, MMAPABLE> = Array::new();
 #[btf_map]
 static RECORDS: Array<SocketRecord, 1> = Array::new();
 
-/// Births of the sockets created lately, direct-mapped by cookie (see `udpguard_common::records`).
+/// Births of the sockets created lately, direct-mapped by cookie, and after them the claim
+/// clock (see `udpguard_common::records`).
 #[btf_map]
-static BIRTHS: Array<Birth, { BIRTH_SLOTS as usize }> = Array::new();
+static BIRTHS: Array<Birth, { BIRTH_SLOTS as usize + 1 }> = Array::new();
 
 /// Buckets in `CLAIMS` less one; set by user space at load time (read-only then).
 #[unsafe(no_mangle)]
@@ -191,6 +192,8 @@ pub fn claim(
     // taken for a newcomer, so it must not be older than the moment the claim is made.
     // SAFETY: a plain helper call.
     let (me, now) = (memo.cookie(), unsafe { bpf_ktime_get_ns() });
+    // Published before the claim can be seen: a socket created after this is a newcomer.
+    publish_claim_clock(now);
     let tag = key.tag();
     let mask = claim_mask();
     let (Some(primary), Some(spill)) = (
@@ -711,17 +714,47 @@ fn born_of(cookie: u64) -> u64 {
     }
 }
 
-/// Notes a new UDP socket's birth (`ctx` is a cgroup/sock_create context): two plain stores,
-/// no atomic, no probing.
+/// The claim clock: the order of the newest claim made (see `udpguard_common::records`).
+#[inline(always)]
+fn claim_clock() -> *mut u64 {
+    match BIRTHS.get_ptr_mut(CLAIM_CLOCK) {
+        Some(place) => unsafe { &raw mut (*place).born },
+        None => null_mut(),
+    }
+}
+
+/// Publishes a claim's order `now` on the claim clock. Stored only when it moves forward (a
+/// plain store: two claims at once may leave the earlier one's time, which makes the sockets
+/// created next count older than they are, only ever refused in a race).
+#[inline(always)]
+fn publish_claim_clock(now: u64) {
+    let clock = claim_clock();
+    if clock.is_null() {
+        return;
+    }
+    // SAFETY: a pointer into the array.
+    unsafe {
+        if ptr::read_volatile(clock) < now {
+            ptr::write_volatile(clock, now);
+        }
+    }
+}
+
+/// Notes a new UDP socket's birth (`ctx` is a cgroup/sock_create context): the claim clock,
+/// in two plain stores; no clock read, no atomic, no probing.
 #[inline(always)]
 pub unsafe fn stamp_birth(ctx: *mut c_void) {
-    // SAFETY: plain helper calls on the program's own context.
-    let (cookie, now) = unsafe { (bpf_get_socket_cookie(ctx), bpf_ktime_get_ns()) };
-    if let Some(birth) = BIRTHS.get_ptr_mut(birth_slot(cookie)) {
-        // SAFETY: a pointer into the array.
-        unsafe {
+    let clock = claim_clock();
+    if clock.is_null() {
+        return;
+    }
+    // SAFETY: a plain helper call on the program's own context; pointers into the array.
+    unsafe {
+        let born = ptr::read_volatile(clock);
+        let cookie = bpf_get_socket_cookie(ctx);
+        if let Some(birth) = BIRTHS.get_ptr_mut(birth_slot(cookie)) {
             ptr::write_volatile(&raw mut (*birth).cookie, cookie);
-            ptr::write_volatile(&raw mut (*birth).born, now);
+            ptr::write_volatile(&raw mut (*birth).born, born);
         }
     }
 }

@@ -316,6 +316,10 @@ impl LoadedGuard {
 fn load_object(events_buffer: u32, sizes: TableSizes) -> Result<Ebpf> {
     let claim_mask = sizes.claim_buckets - 1;
     let record_mask = sizes.records - 1;
+    // Where struct sock keeps the reuse options, from the kernel's BTF; a mask of 0 keeps
+    // bpf_getsockopt.
+    let reuse = crate::sys::btf::reuse_bits();
+    let (reuse_word, reuse_mask) = reuse.map_or((0u32, 0u32), |bits| (bits.word, bits.mask));
     Ok(EbpfLoader::new()
         // Ask for the verifier's log, so a rejection can show it.
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
@@ -324,6 +328,8 @@ fn load_object(events_buffer: u32, sizes: TableSizes) -> Result<Ebpf> {
         .map_max_entries(map_names::RECORDS, sizes.records)
         .override_global(global_names::CLAIM_MASK, &claim_mask, true)
         .override_global(global_names::RECORD_MASK, &record_mask, true)
+        .override_global(global_names::REUSE_WORD, &reuse_word, true)
+        .override_global(global_names::REUSE_MASK, &reuse_mask, true)
         .load(OBJECT)
         .context("loading udpguard's maps from its embedded eBPF object")?)
 }

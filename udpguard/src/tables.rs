@@ -60,7 +60,7 @@ impl TableSizes {
     pub fn bytes(&self) -> u64 {
         self.claim_buckets as u64 * size_of::<ClaimBucket>() as u64
             + self.records as u64 * size_of::<SocketRecord>() as u64
-            + BIRTH_SLOTS as u64 * size_of::<Birth>() as u64
+            + (BIRTH_SLOTS as u64 + 1) * size_of::<Birth>() as u64
     }
 
     /// Claims the table holds in all.

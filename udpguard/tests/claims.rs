@@ -116,6 +116,33 @@ fn a_stale_claim_refuses_nobody() {
     assert_eq!(sb.counter("stale_claims"), 1);
 }
 
+/// Births come from the claim clock, not a clock read: a socket created before a claim is born
+/// before it (it may be racing the claimant: refused while the claim is fresh), one created
+/// after it is a newcomer (it takes the claim over at once).
+#[test]
+fn a_fresh_claim_refuses_only_sockets_created_before_it() {
+    let sb = Sandbox::new("births");
+    sb.attach(&[]);
+    let got = sb.py(r#"
+        before = udp(bind=("127.0.0.1", 4444))
+        start = time.monotonic()
+        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P)); out(disconnect(a))
+        after = udp(bind=("127.0.0.1", 4444))
+        verdict = conn(before, P)
+        # A claim is fresh for 10 ms: past that, the one created before may go too.
+        out(verdict if time.monotonic() - start < 0.008 else "late")
+        out(conn(after, P))
+        "#);
+    if common::slowdown() == 1 || got[2] != "late" {
+        assert_eq!(got, ["ok", "ok", "EPERM", "ok"]);
+        assert_eq!(sb.counter("raced"), 1);
+    } else {
+        // (Then the older one took the stale claim over, and holds the tuple.)
+        assert_eq!(got, ["ok", "ok", "late", "EPERM"]);
+    }
+    assert_eq!(sb.counter("stale_claims"), 1, "a claim taken over");
+}
+
 #[test]
 fn claims_track_the_tuples_sockets_hold() {
     let sb = Sandbox::new("claims");

@@ -20,7 +20,12 @@ fn the_object_holds_every_name_user_space_uses() {
     }
     let elf = object::File::parse(OBJECT).unwrap();
     let symbols: Vec<&str> = elf.symbols().filter_map(|s| s.name().ok()).collect();
-    for global in [global_names::CLAIM_MASK, global_names::RECORD_MASK] {
+    for global in [
+        global_names::CLAIM_MASK,
+        global_names::RECORD_MASK,
+        global_names::REUSE_WORD,
+        global_names::REUSE_MASK,
+    ] {
         assert!(symbols.contains(&global), "global {global} missing");
     }
 }
