@@ -393,11 +393,8 @@ impl Attachment {
 
     /// The sizes the tables were loaded with (None without claims: the older-kernel build).
     pub fn sizes(&self) -> Option<TableSizes> {
-        (self.meta.claim_buckets != 0 && self.features().claims()).then(|| TableSizes {
-            sockets: self.meta.claim_buckets as u64 * udpguard_common::CLAIM_WAYS as u64 / 2,
-            claim_buckets: self.meta.claim_buckets,
-            records: self.meta.records,
-        })
+        (self.meta.claim_buckets != 0 && self.features().claims())
+            .then(|| TableSizes::loaded(self.meta.claim_buckets, self.meta.records))
     }
 
     /// What the programs can do on this kernel.

@@ -167,8 +167,8 @@ fn claims_track_the_tuples_sockets_hold() {
 #[test]
 fn a_full_claim_table_refuses_nobody_and_the_lookup_still_refuses_duplicates() {
     let sb = Sandbox::new("fulltable");
-    // The smallest tables: two buckets of seven claims.
-    sb.attach(&["--max-sockets", "7"]);
+    // The smallest tables: two buckets of seven claims (for four sockets).
+    sb.attach(&["--max-sockets", "4"]);
     assert_eq!(
         sb.status()["attachments"][0]["tables"]["claim_capacity"],
         14

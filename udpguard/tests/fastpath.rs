@@ -235,8 +235,8 @@ fn the_fast_path_turns_itself_off_when_the_agent_dies() {
 #[test]
 fn a_claim_dropped_for_room_turns_the_fast_path_off_in_its_namespace() {
     let sb = Sandbox::new("fast-evict");
-    // The smallest tables: two buckets of seven claims.
-    let _agent = Agent::start_with(&sb, &["--max-sockets", "7"]);
+    // The smallest tables: two buckets of seven claims (for four sockets).
+    let _agent = Agent::start_with(&sb, &["--max-sockets", "4"]);
     sb.py(REPORT);
     wait_fast_path(&sb, true);
     let before = sb.counter("indexed");
