@@ -154,10 +154,7 @@ mod tests {
                 t.claim_buckets as u64 * CLAIMS_PER_BUCKET >= n && t.records as u64 >= n,
                 "{t:?}"
             );
-            assert_eq!(
-                TableSizes::loaded(t.claim_buckets, t.records).sockets >= n,
-                true
-            );
+            assert!(TableSizes::loaded(t.claim_buckets, t.records).sockets >= n);
         }
         assert_eq!(TableSizes::for_sockets(4).claim_buckets, 2, "the smallest");
         assert_eq!(TableSizes::for_sockets(200_000).claim_buckets, 1 << 17);
