@@ -45,6 +45,20 @@ pub fn compat_forced() -> bool {
     std::env::var_os(FORCE_COMPAT_ENV).is_some_and(|v| v == "1")
 }
 
+/// The environment variable that, set to `1`, makes the programs read the reuse options with
+/// `bpf_getsockopt` even where the kernel's BTF places them (as on a kernel without BTF), so
+/// that way is tested on kernels with BTF.
+pub const REUSE_BY_GETSOCKOPT_ENV: &str = "UDPGUARD_REUSE_BY_GETSOCKOPT";
+
+/// Where the programs read the reuse options: from the kernel's BTF, unless
+/// [`REUSE_BY_GETSOCKOPT_ENV`] says otherwise; a mask of 0 keeps `bpf_getsockopt`.
+fn reuse_read() -> (u32, u32) {
+    if std::env::var_os(REUSE_BY_GETSOCKOPT_ENV).is_some_and(|v| v == "1") {
+        return (0, 0);
+    }
+    crate::sys::btf::reuse_bits().map_or((0, 0), |bits| (bits.word, bits.mask))
+}
+
 /// What the loaded programs can do on this kernel (bits of `udpguard_common::meta::features`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features(pub u32);
@@ -316,10 +330,7 @@ impl LoadedGuard {
 fn load_object(events_buffer: u32, sizes: TableSizes) -> Result<Ebpf> {
     let claim_mask = sizes.claim_buckets - 1;
     let record_mask = sizes.records - 1;
-    // Where struct sock keeps the reuse options, from the kernel's BTF; a mask of 0 keeps
-    // bpf_getsockopt.
-    let reuse = crate::sys::btf::reuse_bits();
-    let (reuse_word, reuse_mask) = reuse.map_or((0u32, 0u32), |bits| (bits.word, bits.mask));
+    let (reuse_word, reuse_mask) = reuse_read();
     Ok(EbpfLoader::new()
         // Ask for the verifier's log, so a rejection can show it.
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)

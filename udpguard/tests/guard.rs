@@ -112,6 +112,34 @@ fn a_socket_that_cleared_its_reuse_option_after_binding_is_still_refused_its_nei
     );
 }
 
+/// Without BTF the programs read the reuse options with `bpf_getsockopt`: rule 2 holds the
+/// same, both ways round (forced here on a kernel with BTF).
+#[test]
+fn the_reuse_options_read_by_getsockopt_decide_the_same() {
+    let sb = Sandbox::new("unshared-getsockopt");
+    let cgroup = sb.cgroup.to_str().unwrap();
+    let out = sb
+        .udpguard_command()
+        .env(udpguard::loader::REUSE_BY_GETSOCKOPT_ENV, "1")
+        .args(["attach", "--cgroup", cgroup])
+        .output()
+        .expect("running udpguard");
+    assert!(out.status.success(), "{out:?}");
+    let got = sb.py(r#"
+        a = udp(bind=("127.0.0.1", 4444), reuse=False); out(conn(a, P))
+        victim = udp(bind=("127.0.0.1", 5444)); out(conn(victim, P))
+        b = udp(bind=("127.0.0.1", 5444))
+        out(conn(b, P))
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        out(conn(b, P), conn(b, ("127.0.0.1", 1112)))
+        c = udp(bind=("127.0.0.1", 6444), reuseport=True); d = udp(bind=("127.0.0.1", 6444), reuse=False, reuseport=True)
+        out(conn(c, P), conn(d, P))
+        "#);
+    assert_eq!(got, ["ok", "ok", "EPERM", "EPERM ok", "ok EPERM"]);
+    // a, and nothing else: b's and d's options (or port) sent them to the full check.
+    assert_eq!(sb.counter("unshared"), 1);
+}
+
 #[test]
 fn a_socket_that_cleared_its_reuse_option_beside_one_connected_before_the_attach_is_counted_unshared()
  {

@@ -183,7 +183,7 @@ fn tables_too_small_for_the_load_fail_open() {
     let sb = Sandbox::new("scale-small");
     // Room for a third of the held tuples: older claims are evicted for newer ones, counted;
     // the kernel's lookup still refuses every duplicate, and no reconnect is refused.
-    sb.attach(&["--max-sockets", "25k"]);
+    sb.attach(&["--max-sockets", "16k"]);
     let _holders = Holders::start(&sb);
     assert_sound(&sb, &rounds(&sb));
     assert!(sb.counter("evicted") > 50_000, "{}", sb.status());

@@ -13,10 +13,25 @@ use udpguard_common::reuse::{BitField, ReuseBits};
 /// The running kernel's BTF.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// The kernel's lockdown mode (absent without securityfs or the lockdown LSM).
+const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+
 /// Where `struct sock` keeps `SO_REUSEADDR` and `SO_REUSEPORT` on the running kernel, or None
-/// (no BTF, or a layout the programs cannot read in one copy).
+/// (no BTF, a layout the programs cannot read in one copy, or a kernel locked down for
+/// confidentiality, which withholds `bpf_probe_read_kernel` from programs: the verifier would
+/// refuse them).
 pub fn reuse_bits() -> Option<ReuseBits> {
+    let lockdown = std::fs::read_to_string(LOCKDOWN).unwrap_or_default();
+    if reads_kernel_memory_locked(&lockdown) {
+        return None;
+    }
     reuse_bits_in(Path::new(VMLINUX))
+}
+
+/// True when the lockdown file (`none integrity [confidentiality]`, the mode in brackets) says
+/// confidentiality: no program may read kernel memory.
+fn reads_kernel_memory_locked(lockdown: &str) -> bool {
+    lockdown.contains("[confidentiality]")
 }
 
 fn reuse_bits_in(path: &Path) -> Option<ReuseBits> {
@@ -173,6 +188,20 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_kernel_locked_down_for_confidentiality_keeps_getsockopt() {
+        assert!(reads_kernel_memory_locked(
+            "none integrity [confidentiality]\n"
+        ));
+        assert!(!reads_kernel_memory_locked(
+            "none [integrity] confidentiality\n"
+        ));
+        assert!(!reads_kernel_memory_locked(
+            "[none] integrity confidentiality\n"
+        ));
+        assert!(!reads_kernel_memory_locked(""), "no lockdown file");
     }
 
     #[test]
