@@ -123,24 +123,29 @@ fn a_stale_claim_refuses_nobody() {
 fn a_fresh_claim_refuses_only_sockets_created_before_it() {
     let sb = Sandbox::new("births");
     sb.attach(&[]);
+    // A claim is fresh for 10 ms: a try that took longer (the test descheduled) is done again
+    // on another port.
     let got = sb.py(r#"
-        before = udp(bind=("127.0.0.1", 4444))
-        start = time.monotonic()
-        a = udp(bind=("127.0.0.1", 4444)); out(conn(a, P)); out(disconnect(a))
-        after = udp(bind=("127.0.0.1", 4444))
-        verdict = conn(before, P)
-        # A claim is fresh for 10 ms: past that, the one created before may go too.
-        out(verdict if time.monotonic() - start < 0.008 else "late")
-        out(conn(after, P))
+        for port in range(4444, 4464):
+            before = udp(bind=("127.0.0.1", port))
+            start = time.monotonic()
+            a = udp(bind=("127.0.0.1", port)); ca = conn(a, P); da = disconnect(a)
+            after = udp(bind=("127.0.0.1", port))
+            verdict = conn(before, P)
+            if time.monotonic() - start < 0.008:
+                out(ca, da, verdict, conn(after, P))
+                break
+        else:
+            out("late")
         "#);
-    if common::slowdown() == 1 || got[2] != "late" {
-        assert_eq!(got, ["ok", "ok", "EPERM", "ok"]);
-        assert_eq!(sb.counter("raced"), 1);
-    } else {
-        // (Then the older one took the stale claim over, and holds the tuple.)
-        assert_eq!(got, ["ok", "ok", "late", "EPERM"]);
+    if common::slowdown() == 1 || got != ["late"] {
+        assert_eq!(got, ["ok ok EPERM ok"]);
+        assert!(sb.counter("raced") >= 1);
+        assert!(
+            sb.counter("stale_claims") >= 1,
+            "the newcomer took the claim over"
+        );
     }
-    assert_eq!(sb.counter("stale_claims"), 1, "a claim taken over");
 }
 
 #[test]
