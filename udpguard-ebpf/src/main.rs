@@ -724,7 +724,7 @@ fn shares_port(ctx: *mut bpf_sock_addr) -> bool {
             bpf_probe_read_kernel::<[u32; (REUSE_READ_BYTES / 4) as usize]>(sk.cast_const().cast())
         };
         // A failed copy reads as shared, which only ever makes the guard check more.
-        return read.is_err() || read.is_ok_and(|words| bits.shared(&words));
+        return read.map_or(true, |words| bits.shared(&words));
     }
     option_on(ctx, SO_REUSEADDR) || option_on(ctx, SO_REUSEPORT)
 }

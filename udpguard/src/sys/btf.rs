@@ -82,21 +82,18 @@ impl<'a> Types<'a> {
         Some(&rest[..rest.iter().position(|&b| b == 0)?])
     }
 
-    /// A member of the struct `strukt` (the first struct of that name): its place and width.
+    /// A member of the struct `strukt` (the first struct of that name): its place, and its
+    /// width when it is a bit field (0 for a plain member, or a bit field described the older
+    /// way, by its int type: the reuse options then read as not found).
     fn member(&self, strukt: &str, member: &str) -> Option<BitField> {
         let mut at = 0;
-        // Type ids start at 1, in order; widths of plain members need their type's size.
-        let mut sizes = Vec::new();
-        let mut found = None;
         while at < self.types.len() {
             let name_off = u32_at(self.types, at)?;
             let info = u32_at(self.types, at + 4)?;
-            let size_or_type = u32_at(self.types, at + 8)?;
             let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
-            sizes.push(size_or_type);
             let records = at + 12;
             at = records + trailing_bytes(kind, vlen)?;
-            if kind != KIND_STRUCT || found.is_some() || self.name(name_off)? != strukt.as_bytes() {
+            if kind != KIND_STRUCT || self.name(name_off)? != strukt.as_bytes() {
                 continue;
             }
             for i in 0..vlen as usize {
@@ -104,45 +101,22 @@ impl<'a> Types<'a> {
                 if self.name(u32_at(self.types, record)?)? != member.as_bytes() {
                     continue;
                 }
-                let type_id = u32_at(self.types, record + 4)?;
                 let offset = u32_at(self.types, record + 8)?;
-                found = Some(if kind_flag == 1 && offset >> 24 != 0 {
-                    (
-                        BitField {
-                            bit_offset: offset & 0xff_ffff,
-                            bits: offset >> 24,
-                        },
-                        None,
-                    )
+                return Some(if kind_flag == 1 {
+                    BitField {
+                        bit_offset: offset & 0xff_ffff,
+                        bits: offset >> 24,
+                    }
                 } else {
-                    let bit_offset = if kind_flag == 1 {
-                        offset & 0xff_ffff
-                    } else {
-                        offset
-                    };
-                    (
-                        BitField {
-                            bit_offset,
-                            bits: 0,
-                        },
-                        Some(type_id),
-                    )
+                    BitField {
+                        bit_offset: offset,
+                        bits: 0,
+                    }
                 });
-                break;
             }
-            // A plain member's width is its type's size, whose id may come later: read on.
-            if let Some((field, None)) = found {
-                return Some(field);
-            }
+            return None;
         }
-        let (field, type_id) = found?;
-        // A plain member (not a bit field): as wide as its type, when that is a plain int or
-        // a struct (enough here: `__sk_common` is a struct, and only its offset is used).
-        let size = *sizes.get(type_id? as usize - 1)?;
-        Some(BitField {
-            bits: size * 8,
-            ..field
-        })
+        None
     }
 }
 
